@@ -1,0 +1,135 @@
+"""Transformer building blocks shared by DKAN and the baselines.
+
+All layers are pre-norm (LayerNorm before attention / feed-forward, residual after).  Attention
+takes an optional additive bias and a key-padding mask; masked keys get exactly zero weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FeedForward(nn.Module):
+    """Linear → GELU → dropout → linear → dropout (hidden width ``mlp_ratio · d``)."""
+
+    def __init__(self, d: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = max(1, int(round(d * mlp_ratio)))
+        self.net = nn.Sequential(
+            nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries over keys/values with optional bias and key mask."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"model width {d} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.dropout = dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(
+        self,
+        query: Tensor,
+        kv: Tensor,
+        bias: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``query`` B×Lq×d, ``kv`` B×Lk×d; ``bias`` broadcastable to B×H×Lq×Lk;
+        ``key_mask`` B×Lk, True where a key must be ignored."""
+        q, k, v = self._split(self.q(query)), self._split(self.k(kv)), self._split(self.v(kv))
+        attn_bias = bias
+        if key_mask is not None:
+            neg = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)
+            neg = neg.masked_fill(key_mask, float("-inf"))[:, None, None, :]
+            attn_bias = neg if attn_bias is None else attn_bias.to(q.dtype) + neg
+        elif attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
+        )
+        b, h, n, dh = out.shape
+        return self.proj_drop(self.out(out.transpose(1, 2).reshape(b, n, h * dh)))
+
+    def weights(self, query: Tensor, kv: Tensor, bias: Tensor | None = None,
+                key_mask: Tensor | None = None) -> Tensor:
+        """The attention probabilities B×H×Lq×Lk (for inspection and tests)."""
+        q, k = self._split(self.q(query)), self._split(self.k(kv))
+        logits = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
+        if bias is not None:
+            logits = logits + bias
+        if key_mask is not None:
+            logits = logits.masked_fill(key_mask[:, None, None, :], float("-inf"))
+        return logits.softmax(dim=-1)
+
+
+class SelfAttentionLayer(nn.Module):
+    """Pre-norm self-attention + feed-forward."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = Attention(d, heads, dropout)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, mlp_ratio, dropout)
+
+    def forward(self, x: Tensor, bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, bias=bias, key_mask=key_mask)
+        return x + self.ffn(self.norm2(x))
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm cross-attention of queries over a token set, then feed-forward.
+
+    ``shared_norm=True`` normalises queries and keys/values with one LayerNorm (DKAN's image
+    fusion); otherwise each side has its own (the dual-path alignment).
+    """
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float, shared_norm: bool = False) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d)
+        self.norm_kv = self.norm_q if shared_norm else nn.LayerNorm(d)
+        self.attn = Attention(d, heads, dropout)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, mlp_ratio, dropout)
+
+    def forward(self, query: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        query = query + self.attn(self.norm_q(query), self.norm_kv(kv), key_mask=key_mask)
+        return query + self.ffn(self.norm_ffn(query))
+
+
+class TransformerStack(nn.Module):
+    """``depth`` self-attention layers, optionally followed by a final LayerNorm."""
+
+    def __init__(self, d: int, depth: int, heads: int, mlp_ratio: float, dropout: float,
+                 final_norm: bool = True) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(SelfAttentionLayer(d, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(d) if final_norm else nn.Identity()
+
+    def forward(self, x: Tensor, bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, bias=bias, key_mask=key_mask)
+        return self.norm(x)
+
+
+def projection(d_in: int, d_out: int) -> nn.Module:
+    """A linear map when the widths differ, else the identity (method.md: "linear to d if needed")."""
+    return nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out)

@@ -149,7 +149,7 @@ def test_total_loss_combines_with_adaptive_weights():
     terms = dkan_loss(out, inp.y, alpha=0.3, tau=0.1)
     s, c = terms.supervised, terms.contrastive
     assert terms.w_sup == pytest.approx(c / (c + 3 * s))
-    assert float(terms.total) == pytest.approx(terms.w_sup * s + terms.w_cont * c, rel=1e-5)
+    assert float(terms.total.detach()) == pytest.approx(terms.w_sup * s + terms.w_cont * c, rel=1e-5)
     terms.total.backward()
     assert net.expr_encoder.inp.weight.grad.abs().sum() > 0  # the contrastive path trains
 

@@ -9,7 +9,7 @@ specks.  The lattice is Visium-like by default: hexagonal, 55 µm spots 100 µm 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +142,18 @@ def slide_dataset(
     )
     slide.close()
     return Dataset(name=slide.name, root=Path(path), kind="slide", sections=[section])
+
+
+def lattice_section(
+    section: Section, pitch_um: float = LATTICE_PITCH_UM, diameter_um: float = LATTICE_DIAMETER_UM
+) -> Section:
+    """The section's slide with a lattice over its tissue instead of its own spots (no counts)."""
+    image = section.require_image()
+    mpp = section.mpp
+
+    def load_spots() -> SpotTable:
+        with open_slide(image, mpp=mpp) as s:
+            return lattice_spots(s, pitch_um=pitch_um, diameter_um=diameter_um)
+
+    return replace(section, name=f"{section.name}-lattice", load_spots=load_spots, load_counts=None,
+                   mpp_override=mpp)

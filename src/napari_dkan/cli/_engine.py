@@ -1,0 +1,299 @@
+"""``napari-dkan train | cv | evaluate | predict``: the training and evaluation engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from napari_dkan.cli._output import add_json_flag, emit
+
+MODELS = ["dkan", "dkan-improved", "triplex", "nh2st", "ridge"]
+METRICS = ("MAE", "MSE", "PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset folder (HER2ST-style root, Visium folder), .h5ad or slide")
+    p.add_argument("--sections", nargs="+", metavar="NAME", help="use only these sections")
+    p.add_argument("--image", help="full-resolution image of a Visium folder / .h5ad")
+    p.add_argument("--mpp", type=float, help="µm per pixel when the image carries none")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=MODELS, default="dkan", help="model family (default dkan)")
+    p.add_argument("--preset", default="compact",
+                   help="network preset: compact (default, CPU-sized), her2st, skin, stnet (the paper's), tiny")
+    p.add_argument("--encoder", default="efficientnet-lite0-imagenet", help="frozen image encoder")
+    p.add_argument("--mode", choices=["shared", "exact"], default="shared", help="region tile mode")
+    p.add_argument("--target-mpp", type=float, help="resample tiles to this µm/px")
+    p.add_argument("--panel", help="gene panel file (default: the dataset's top-N by mean count)")
+    p.add_argument("--panel-size", type=int, default=250, help="N of the default panel (250)")
+    p.add_argument("--no-smoothing", action="store_true", help="train on unsmoothed targets")
+    p.add_argument("--text-encoder", help="gene-text encoder (name or path; default offline MiniLM)")
+    p.add_argument("--texts", help="SYMBOL<TAB>text file replacing the composed gene texts")
+    p.add_argument("--disease", help="disease context for the gene texts, e.g. 'HER2-positive breast cancer'")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--validation", choices=["sections", "patients"], default="sections",
+                   help="how the inner validation split is drawn from the training sections")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="select the checkpoint on the test fold, as the reference code (leaky; labelled)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model", description="Train a model on a dataset's "
+                       "sections; the checkpoint is selected on an inner validation section.")
+    _data_args(p)
+    _spec_args(p)
+    p.add_argument("--val-sections", nargs="+", metavar="NAME", help="validation sections (default: drawn from --sections)")
+    p.add_argument("--test-sections", nargs="+", metavar="NAME", help="with --paper-protocol: the test fold to select on")
+    p.add_argument("-o", "--output", required=True, type=Path, help="run directory (resumed when it exists)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="cross-validate a model", description="Cross-validation with the "
+                       "paper's metrics: one fold per held-out section, patient or K-fold of patients.")
+    _data_args(p)
+    _spec_args(p)
+    p.add_argument("--folds", default="sections", help="sections (default), patients, or kfold:K")
+    p.add_argument("-o", "--output", type=Path, help="keep each fold's run here (resumable)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained model on sections with counts")
+    _data_args(p)
+    p.add_argument("--model", required=True, help="run directory (or 'default' for the bundled model)")
+    p.add_argument("--folds", default="sections", help="group sections into folds by sections or patients")
+    p.add_argument("--reference-sections", nargs="+", metavar="NAME",
+                   help="sections whose ground truth picks the HEG/HVG genes (default: the evaluated ones)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict expression for a slide or section, to .h5ad")
+    p.add_argument("path", help="slide file, or dataset with --sections NAME")
+    p.add_argument("--sections", nargs=1, metavar="NAME", help="the section of a dataset")
+    p.add_argument("--spots", default=None, help="'lattice' (default for a slide alone) or a spot file "
+                   "(.h5ad / Visium folder) whose spots to predict on this slide")
+    p.add_argument("--model", required=True, help="run directory (or 'default')")
+    p.add_argument("--image", help="full-resolution image of a Visium folder / .h5ad")
+    p.add_argument("--mpp", type=float, help="µm per pixel when the image carries none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _spec(args: argparse.Namespace):  # noqa: ANN202
+    from napari_dkan.engine.data import FeatureSpec
+    from napari_dkan.engine.runs import RunSpec
+
+    spec = RunSpec.for_preset(
+        args.model, args.preset,
+        features=FeatureSpec(encoder=args.encoder, mode=args.mode, target_mpp=args.target_mpp),
+        smoothing=not args.no_smoothing, text_encoder=args.text_encoder, text_file=args.texts,
+        disease=args.disease, protocol="paper" if args.paper_protocol else "inner",
+        validation=args.validation,
+    )
+    s = spec.settings
+    for name in ("epochs", "lr", "batch_size", "patience", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(s, name, value)
+    s.device = args.device
+    return spec
+
+
+def _panel(args: argparse.Namespace, dataset: Any) -> list[str]:
+    from napari_dkan.engine.cv import dataset_panel
+    from napari_dkan.io.expression import read_panel_file
+
+    return read_panel_file(args.panel) if args.panel else dataset_panel(dataset, args.panel_size)
+
+
+class _Bars:
+    """tqdm bars on stderr for engine events (the engine itself never prints)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self.bar: Any = None
+        self.label = ""
+
+    def status(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or self.label != label:
+            self.close()
+            self.bar, self.label = tqdm(total=total, desc=label, file=sys.stderr, leave=False), label
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def train_event(self, fold: str, event: Any) -> None:
+        if not self.enabled:
+            return
+        label = f"{fold + ' ' if fold else ''}epoch {event.epoch}/{event.epochs}"
+        self.status(label, event.step, event.steps)
+        if event.phase == "epoch" and self.bar is not None:
+            self.bar.set_postfix(loss=f"{event.loss:.3f}", val_pcc=_fmt(event.val_pcc), best=_fmt(event.best_pcc))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_dkan.engine.runs import gene_text_for, prepare_sections, train_model
+    from napari_dkan.engine.splits import inner_validation
+    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.errors import DataError
+    from napari_dkan.io.expression import check_panel
+
+    spec = _spec(args)
+    ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
+    train_secs = [s for s in ds.select(args.sections).sections if s.trainable]
+    if not train_secs:
+        raise DataError("no section with an image and counts to train on")
+    extra = list(args.val_sections or []) + (list(args.test_sections or []) if args.paper_protocol else [])
+    if args.paper_protocol and not args.test_sections:
+        raise DataError("--paper-protocol selects on the test fold: name it with --test-sections")
+    panel = _panel(args, ds)
+    check_panel(panel, train_secs)
+    bars = _Bars(not args.json)
+    gene_text = gene_text_for(spec, panel)
+    data = prepare_sections([*train_secs, *(ds[n] for n in extra)], spec, panel, progress=bars.status)
+    names = [s.name for s in train_secs]
+    if args.paper_protocol:
+        fit_names, val_names = names, list(args.test_sections)
+    elif args.val_sections:
+        fit_names, val_names = names, list(args.val_sections)
+    else:
+        fit_part, val_part = inner_validation([data[n] for n in names], spec.validation, spec.settings.seed)
+        data.update({s.name: s for s in (*fit_part, *val_part)})
+        fit_names, val_names = [s.name for s in fit_part], [s.name for s in val_part]
+    try:
+        model = train_model(data, fit_names, val_names, spec, panel, args.output, gene_text=gene_text,
+                            dataset_info={"path": str(ds.root), "sections": names},
+                            on_event=lambda e: bars.train_event("", e))
+    finally:
+        bars.close()
+    res = model.config.get("result", {})
+    payload = {"run": str(args.output), "model": spec.model, "status": model.config["status"],
+               "protocol": model.protocol, "train_sections": fit_names, "val_sections": val_names,
+               "best_epoch": res.get("best_epoch"), "best_val_pcc": res.get("best_val_pcc"),
+               "epochs_run": res.get("epochs_run"), "genes": len(panel)}
+    text = (f"{spec.model} trained ({model.config['status']}) on {', '.join(fit_names)}; selected on "
+            f"{', '.join(val_names)} [{model.protocol}]: best val PCC {_fmt(res.get('best_val_pcc'))} at "
+            f"epoch {res.get('best_epoch')} → {args.output}")
+    emit(args, payload, text)
+    return 0
+
+
+def _table(rows: list[dict], mean: dict, std: dict) -> str:
+    head = f"{'fold':<10}" + "".join(f"{m:>9}" for m in METRICS)
+    lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>9}" for m in METRICS) for r in rows]
+    lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>9}" for m in METRICS))
+    lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>9}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def _num(x: Any) -> str:
+    return "nan" if x is None or x != x else f"{x:.3f}"
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from napari_dkan.engine.cv import cross_validate
+    from napari_dkan.io.dataset import open_dataset
+
+    spec = _spec(args)
+    ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
+    panel = _panel(args, ds)
+    bars = _Bars(not args.json)
+    try:
+        result = cross_validate(ds, spec, args.folds, args.sections, panel=panel, out_dir=args.output,
+                                on_status=bars.status, on_event=bars.train_event)
+    finally:
+        bars.close()
+    payload = result.to_dict()
+    text = (f"{spec.model} ({spec.preset}, {spec.features.encoder}) — {result.protocol}; "
+            f"{len(result.report.folds)} folds in {result.seconds:.0f} s\n"
+            + _table(result.report.folds, result.report.mean, result.report.std))
+    emit(args, payload, text)
+    return 0
+
+
+def load_model_arg(name: str):  # noqa: ANN201
+    """A trained model from a run directory, or the bundled default."""
+    from napari_dkan.engine.runs import TrainedModel
+
+    if name == "default":
+        from napari_dkan.bundled import default_model
+
+        return default_model()
+    return TrainedModel.load(name)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_dkan.engine.cv import evaluate
+    from napari_dkan.io.dataset import open_dataset
+
+    model = load_model_arg(args.model)
+    ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
+    bars = _Bars(not args.json)
+    try:
+        rep = evaluate(model, ds, args.sections, args.folds, args.reference_sections, device=args.device,
+                       on_status=bars.status)
+    finally:
+        bars.close()
+    payload = {"model": str(model.run_dir), "protocol": model.protocol, **rep.to_dict()}
+    emit(args, payload, f"{model.kind} from {model.run_dir} [{model.protocol}]\n" + _table(rep.folds, rep.mean, rep.std))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_dkan.engine.predict import predict_section
+    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.errors import DataError
+
+    model = load_model_arg(args.model)
+    if args.spots not in (None, "lattice"):
+        # spots from a spot file (Visium folder, .h5ad) placed on the slide given as PATH
+        ds = open_dataset(args.spots, image=args.path, mpp=args.mpp)
+    else:
+        ds = open_dataset(args.path, image=args.image, mpp=args.mpp)
+    if args.sections:
+        section = ds[args.sections[0]]
+    elif len(ds) == 1:
+        section = ds.sections[0]
+    else:
+        raise DataError(f"{ds.name} holds {len(ds)} sections: choose one with --sections NAME")
+    if args.spots == "lattice" and ds.kind != "slide":
+        from napari_dkan.io.lattice import lattice_section
+
+        section = lattice_section(section)
+    if args.output.suffix != ".h5ad":
+        raise DataError(f"output must be an .h5ad file, got {args.output.name}")
+    bars = _Bars(not args.json)
+    try:
+        adata = predict_section(model, section, device=args.device, progress=bars.status)
+    finally:
+        bars.close()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(f".{args.output.name}.tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(args.output)
+    payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
+               "model": str(model.run_dir)}
+    emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}")
+    return 0

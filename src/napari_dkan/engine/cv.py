@@ -1,0 +1,159 @@
+"""Cross-validation and evaluation with the paper's metrics.
+
+Cross-validation holds out one section, one patient, or a seeded K-fold of patients at a time;
+each fold's model is trained on the rest with an inner validation split (or, with
+``protocol="paper"``, selected on the test fold itself — labelled as such everywhere).  Gene
+panels: by default the dataset's top-``n`` panel over every count matrix, as the paper.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_dkan.engine.data import SectionData
+from napari_dkan.engine.metrics import FoldScores, Report, report, score_slide
+from napari_dkan.engine.runs import (
+    PAPER_PROTOCOL_LABEL, INNER_PROTOCOL_LABEL, RunSpec, TrainedModel, gene_text_for,
+    prepare_sections, train_model,
+)
+from napari_dkan.engine.splits import Fold, inner_validation, make_folds
+from napari_dkan.engine.trainer import TrainEvent
+from napari_dkan.io.dataset import Dataset
+from napari_dkan.io.errors import DataError
+from napari_dkan.io.expression import check_panel, select_panel
+from napari_dkan.progress import CancelToken, check_cancel
+
+StatusCallback = Callable[[str, int, int], None]
+
+
+def dataset_panel(dataset: Dataset, n: int = 250) -> list[str]:
+    """The paper's panel: top-``n`` mean raw count over every count matrix of the dataset."""
+    return select_panel([s for s in dataset.sections if s.has_counts], n=n)
+
+
+def score_sections(predictions: dict[str, np.ndarray], data: dict[str, SectionData],
+                   folds: Sequence[Fold], panel: Sequence[str],
+                   reference: Sequence[str] | None = None) -> Report:
+    """The paper's metrics: one fold per group of test sections; HEG/HVG gene sets from the
+    ground truth of ``reference`` sections (default: every evaluated section)."""
+    fold_scores = [
+        FoldScores(f.name, [score_slide(n, predictions[n], data[n].y) for n in f.test]) for f in folds
+    ]
+    ref = list(reference) if reference is not None else [n for f in folds for n in f.test]
+    return report(fold_scores, [data[n].y for n in ref], list(panel))
+
+
+@dataclass
+class CVResult:
+    report: Report
+    model: str
+    protocol: str
+    seconds: float
+    panel: list[str]
+    folds: list[dict[str, Any]] = field(default_factory=list)  # training summary per fold
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.report.to_dict()
+        for row, info in zip(out["folds"], self.folds):
+            row.update({k: v for k, v in info.items() if k not in row})
+        return {"model": self.model, "protocol": self.protocol, "seconds": round(self.seconds, 1),
+                "n_genes": len(self.panel), **out}
+
+
+def cross_validate(
+    dataset: Dataset,
+    spec: RunSpec,
+    folds_by: str = "sections",
+    sections: Sequence[str] | None = None,
+    panel: Sequence[str] | None = None,
+    out_dir: Path | None = None,
+    on_status: StatusCallback | None = None,
+    on_event: Callable[[str, TrainEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> CVResult:
+    t0 = time.perf_counter()
+    chosen = dataset.select(sections)
+    usable = [s for s in chosen.sections if s.trainable]
+    skipped = [s.name for s in chosen.sections if not s.trainable]
+    if sections is not None and skipped:
+        raise DataError(f"section(s) {', '.join(skipped)} lack an image or counts: cannot cross-validate on them")
+    if len(usable) < 2:
+        raise DataError(f"cross-validation needs at least 2 sections with image and counts; found {len(usable)}")
+    panel = list(panel) if panel is not None else dataset_panel(dataset)
+    check_panel(panel, usable)
+    gene_text = gene_text_for(spec, panel)
+    data = prepare_sections(usable, spec, panel, progress=on_status, cancel=cancel)
+    patients = {s.name: s.patient for s in usable}
+    folds = make_folds([s.name for s in usable], patients, folds_by, seed=spec.settings.seed)
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="napari-dkan-cv-")
+        out_dir = Path(tmp.name)
+    predictions: dict[str, np.ndarray] = {}
+    fold_info = []
+    try:
+        for k, fold in enumerate(folds):
+            check_cancel(cancel, "cross-validation")
+            if on_status:
+                on_status(f"fold {fold.name}", k, len(folds))
+            local = dict(data)
+            if spec.protocol == "paper":
+                fit_names, val_names = list(fold.train), list(fold.test)
+            else:
+                fit_part, val_part = inner_validation([data[n] for n in fold.train], spec.validation,
+                                                      spec.settings.seed)
+                local.update({s.name: s for s in (*fit_part, *val_part)})
+                fit_names, val_names = [s.name for s in fit_part], [s.name for s in val_part]
+            cb = (lambda e, name=fold.name: on_event(name, e)) if on_event else None
+            model = train_model(local, fit_names, val_names, spec, panel, out_dir / f"fold-{fold.name}",
+                                gene_text=gene_text, dataset_info={"path": str(dataset.root)},
+                                on_event=cb, cancel=cancel)
+            for name in fold.test:
+                predictions[name] = model.predict(data[name], device=spec.settings.device)
+            res = model.config.get("result", {})
+            fold_info.append({"train_sections": fit_names, "val_sections": val_names,
+                              "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"),
+                              "val_pcc": res.get("best_val_pcc")})
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    rep = score_sections(predictions, data, folds, panel)
+    protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
+    return CVResult(rep, spec.model, protocol, time.perf_counter() - t0, panel, fold_info)
+
+
+def evaluate(
+    model: TrainedModel,
+    dataset: Dataset,
+    sections: Sequence[str] | None = None,
+    folds_by: str = "sections",
+    reference: Sequence[str] | None = None,
+    device: str = "auto",
+    on_status: StatusCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Report:
+    """A trained model's metrics on sections with counts, using the model's own gene panel."""
+    chosen = dataset.select(sections)
+    usable = [s for s in chosen.sections if s.has_counts and s.has_image]
+    if not usable:
+        raise DataError("no section with both an image and counts to evaluate on")
+    check_panel(model.panel, usable)
+    data, preds = {}, {}
+    for k, sec in enumerate(usable):
+        if on_status:
+            on_status(f"section {sec.name}", k, len(usable))
+        data[sec.name] = model.section_data(sec, with_targets=True, device=device, cancel=cancel)
+        preds[sec.name] = model.predict(data[sec.name], device=device, cancel=cancel)
+    if reference is not None:
+        for name in reference:
+            if name not in data:
+                data[name] = model.section_data(dataset[name], with_targets=True, device=device, cancel=cancel)
+    folds = make_folds([s.name for s in usable], {s.name: s.patient for s in usable}, folds_by)
+    return score_sections(preds, data, folds, model.panel, reference)

@@ -1,0 +1,314 @@
+"""Training runs: what to train (:class:`RunSpec`), training one, and loading it back.
+
+A run directory is self-contained: ``config.json`` (model kind, network, gene panel, encoders,
+normalisation, training settings, data, versions, protocol, results), the weights, and the
+gene-text embeddings the model was trained with — so prediction needs neither the data nor the
+text encoder, and never the network.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_dkan import __version__
+from napari_dkan.engine import checkpoint as ckpt
+from napari_dkan.engine.data import FeatureSpec, Needs, SectionData, load_section_data
+from napari_dkan.engine.families import Dims, make_family
+from napari_dkan.engine.trainer import MODEL_FILE, FitResult, TrainEvent, TrainSettings, fit
+from napari_dkan.io.dataset import Section
+from napari_dkan.io.errors import DataError
+from napari_dkan.progress import CancelToken
+
+CONFIG_FILE = "config.json"
+TEXT_FILE = "gene_text.safetensors"
+FORMAT = "napari-dkan-run/1"
+PAPER_PROTOCOL_LABEL = "paper (checkpoint selected and early-stopped on the test fold: leaky)"
+INNER_PROTOCOL_LABEL = "inner validation (selection on held-out training sections)"
+
+#: training defaults per preset (the paper's for its presets; CPU-sized for compact)
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "compact": {"epochs": 60, "patience": 12, "lr": 5e-4, "batch_size": 64, "contrastive_genes": 32},
+    "tiny": {"epochs": 4, "patience": 4, "lr": 1e-3, "batch_size": 32, "contrastive_genes": 8},
+}
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a training run, independent of the data split."""
+
+    model: str = "dkan"
+    preset: str = "compact"
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    smoothing: bool = True
+    text_encoder: str | None = None  # None: the knowledge package's offline default
+    text_file: str | None = None  # SYMBOL<TAB>text file replacing the composed texts
+    disease: str | None = None
+    protocol: str = "inner"  # inner | paper
+    validation: str = "sections"  # sections | patients
+    network_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_preset(cls, model: str, preset: str, **kw: Any) -> RunSpec:
+        """A spec whose training settings start from the preset's defaults."""
+        settings = kw.pop("settings", None) or TrainSettings(**PRESET_TRAINING.get(preset, {}))
+        return cls(model=model, preset=preset, settings=settings, **kw)
+
+    def network(self) -> dict[str, Any]:
+        """The network config (JSON) of this spec's model family."""
+        from napari_dkan.model import NH2STConfig, preset, variant
+
+        if self.model == "nh2st":
+            return NH2STConfig(**self.network_overrides).to_dict()
+        if self.model == "ridge":
+            return {}
+        cfg = variant(preset(self.preset), self.model)
+        if self.network_overrides:
+            cfg = replace(cfg, **self.network_overrides)
+        return cfg.to_dict()
+
+    @property
+    def uses_text(self) -> bool:
+        return self.model in ("dkan", "dkan-improved")
+
+    def needs(self) -> Needs:
+        if self.model == "ridge":
+            return Needs()
+        return make_family(self.model, self.network()).needs
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    out = {"napari_dkan": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("timm", "transformers", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a version string is informative, never required
+            pass
+    return out
+
+
+def prepare_sections(
+    sections: Sequence[Section], spec: RunSpec, panel: Sequence[str] | None,
+    progress: Callable[[str, int, int], None] | None = None, cancel: CancelToken | None = None,
+) -> dict[str, SectionData]:
+    """Features and targets of each section, keyed by name (features come from the cache)."""
+    needs = spec.needs()
+    out = {}
+    for sec in sections:
+        cb = (lambda d, t, name=sec.name: progress(f"features {name}", d, t)) if progress else None
+        out[sec.name] = load_section_data(sec, spec.features, panel, needs, spec.smoothing,
+                                          device=spec.settings.device, progress=cb, cancel=cancel)
+    return out
+
+
+def gene_text_for(spec: RunSpec, panel: Sequence[str]) -> Any:
+    """Gene-text embeddings for a DKAN run (None for models without text)."""
+    if not spec.uses_text:
+        return None
+    from napari_dkan.knowledge import gene_embeddings
+
+    kw: dict[str, Any] = {"disease": spec.disease, "texts": spec.text_file}
+    if spec.text_encoder:
+        kw["encoder"] = spec.text_encoder
+    return gene_embeddings(list(panel), **kw)
+
+
+def _digest(values: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(values).encode()).hexdigest()[:16]
+
+
+def train_model(
+    data: dict[str, SectionData],
+    train_names: Sequence[str],
+    val_names: Sequence[str],
+    spec: RunSpec,
+    panel: Sequence[str],
+    run_dir: Path,
+    gene_text: Any = None,
+    dataset_info: dict[str, Any] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = True,
+    base: TrainedModel | None = None,
+) -> TrainedModel:
+    """Train on ``train_names``, select on ``val_names``; returns the trained model.
+
+    ``val_names`` may name entries of ``data`` that are not sections of the dataset (spatial
+    hold-outs); with ``spec.protocol == "paper"`` they are the test sections, and every output
+    says so.  ``base`` fine-tunes from a trained model with the same panel and network.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = [data[n] for n in train_names]
+    val = [data[n] for n in val_names]
+    protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
+    first = train[0]
+    dims = Dims(
+        n_genes=len(panel),
+        frozen_dim=int(first.patch_feat.shape[1]),
+        token_dim=int(first.patch_tokens.shape[2]) if first.patch_tokens is not None else None,
+        text_dim=int(gene_text.matrix.shape[1]) if gene_text is not None else None,
+    )
+    network = spec.network()
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "model": spec.model,
+        "preset": spec.preset if spec.model in ("dkan", "dkan-improved", "triplex") else None,
+        "network": network,
+        "dims": dims.__dict__,
+        "panel": list(panel),
+        "target": {"normalisation": "log10(1 + 10000 * counts / panel total)", "smoothing": spec.smoothing},
+        "features": spec.features.to_dict(),
+        "text": None,
+        "training": {**spec.settings.to_dict(), "train_sections": list(train_names),
+                     "val_sections": list(val_names), "validation": spec.validation},
+        "protocol": protocol,
+        "dataset": dataset_info or {},
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "status": "training",
+    }
+    if base is not None:
+        config["fine_tuned_from"] = str(base.run_dir)
+    text_arr = None
+    if gene_text is not None:
+        text_arr = np.asarray(gene_text.matrix, dtype=np.float32)
+        digest = ckpt.save_tensors(run_dir / TEXT_FILE, {"gene_text": text_arr},
+                                   metadata={"genes": json.dumps(list(panel))})
+        config["text"] = {"encoder": gene_text.encoder, "pooling": gene_text.pooling,
+                          "provenance": gene_text.provenance, "sha256": digest}
+    ckpt.write_json(run_dir / CONFIG_FILE, config)
+
+    if spec.model == "ridge":
+        from napari_dkan.engine.ridge import fit_ridge
+
+        ridge = fit_ridge(train, val)
+        digest = ckpt.save_tensors(run_dir / MODEL_FILE, ridge.tensors())
+        config.update(status="finished", files={MODEL_FILE: digest},
+                      result={"alpha": ridge.alpha, "history": ridge.history})
+        ckpt.write_json(run_dir / CONFIG_FILE, config)
+        return TrainedModel.load(run_dir)
+
+    family = make_family(spec.model, network)
+    fingerprint = {"network": network, "dims": dims.__dict__, "panel": _digest(panel),
+                   "features": spec.features.to_dict(), "settings": spec.settings.to_dict(),
+                   "train": list(train_names), "val": list(val_names), "smoothing": spec.smoothing,
+                   "text": config["text"]["sha256"] if config["text"] else None,
+                   "base": str(base.run_dir) if base is not None else None}
+    init = None
+    if base is not None:
+        init = base.state_dict()
+    result: FitResult = fit(family, dims, train, val, spec.settings, run_dir, text_arr, fingerprint,
+                            on_event=on_event, cancel=cancel, resume=resume, init_weights=init)
+    config.update(status=result.status, files={MODEL_FILE: result.best_sha256},
+                  result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                          "best_val_pcc": result.best_val_pcc, "resumed_from": result.resumed_from,
+                          "history": result.history})
+    ckpt.write_json(run_dir / CONFIG_FILE, config)
+    if result.best_sha256 is None:
+        raise DataError(f"training in {run_dir} was cancelled before its first epoch ended; "
+                        "nothing was saved")
+    return TrainedModel.load(run_dir)
+
+
+class TrainedModel:
+    """A trained run directory, loaded for prediction."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.kind: str = config["model"]
+        self.panel: list[str] = list(config["panel"])
+        self.features = FeatureSpec.from_dict(config["features"])
+        self.smoothing: bool = bool(config["target"]["smoothing"])
+        self._net: Any = None
+        self._text: Any = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainedModel:
+        """A run directory, or its ``config.json`` / ``model.safetensors``."""
+        p = Path(path).expanduser()
+        run_dir = p if p.is_dir() else p.parent
+        cfg_path = run_dir / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise ckpt.CheckpointError(f"{p} is not a napari-dkan run: no {CONFIG_FILE} in {run_dir}")
+        config = ckpt.read_json(cfg_path)
+        if config.get("format") != FORMAT:
+            raise ckpt.CheckpointError(f"{cfg_path} is not a {FORMAT} config")
+        if not (run_dir / MODEL_FILE).is_file() or not config.get("files", {}).get(MODEL_FILE):
+            raise ckpt.CheckpointError(f"{run_dir} has no finished checkpoint ({config.get('status')})")
+        model = cls(run_dir, config)
+        model._load_weights()  # fail now, not at the first prediction, when a file is corrupt
+        return model
+
+    @property
+    def needs(self) -> Needs:
+        if self.kind == "ridge":
+            return Needs()
+        return make_family(self.kind, self.config["network"]).needs
+
+    @property
+    def protocol(self) -> str:
+        return self.config.get("protocol", "")
+
+    def _load_weights(self) -> None:
+        tensors = ckpt.load_tensors(self.run_dir / MODEL_FILE, self.config["files"][MODEL_FILE])
+        if self.config.get("text"):
+            text = ckpt.load_tensors(self.run_dir / TEXT_FILE, self.config["text"]["sha256"])
+            self._text = text["gene_text"]
+        if self.kind == "ridge":
+            from napari_dkan.engine.ridge import RidgeModel
+
+            self._net = RidgeModel.from_tensors({k: v.numpy() for k, v in tensors.items()},
+                                                self.config["result"]["alpha"])
+            return
+        family = make_family(self.kind, self.config["network"])
+        net = family.build(Dims(**self.config["dims"]))
+        try:
+            net.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise ckpt.CheckpointError(f"{self.run_dir / MODEL_FILE} does not fit its config: {exc}") from exc
+        self._family, self._net = family, net.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in self._net.state_dict().items()}
+
+    def section_data(self, section: Section, with_targets: bool = True,
+                     progress: Callable[[int, int], None] | None = None,
+                     cancel: CancelToken | None = None, device: str = "auto") -> SectionData:
+        panel = self.panel if with_targets and section.has_counts else None
+        return load_section_data(section, self.features, panel, self.needs, self.smoothing,
+                                 device=device, progress=progress, cancel=cancel)
+
+    def predict(self, data: SectionData, device: str = "auto",
+                progress: Callable[[int, int], None] | None = None,
+                cancel: CancelToken | None = None) -> np.ndarray:
+        """Predicted targets (spots × panel) for one section's data, in its spot order."""
+        if self.kind == "ridge":
+            return self._net.predict(data.patch_feat)
+        from napari_dkan.devices import resolve_device
+        from napari_dkan.engine.families import SpotStore, predict_store
+
+        dev = resolve_device(device)
+        net = self._net.to(dev)
+        text = None if self._text is None else self._text.to(dev)
+        return predict_store(self._family, net, SpotStore([data], dev), text, cancel=cancel, progress=progress)
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {"run": str(self.run_dir), "model": self.kind, "preset": c.get("preset"),
+                "genes": len(self.panel), "image_encoder": c["features"]["encoder"],
+                "text_encoder": (c.get("text") or {}).get("encoder"), "protocol": c.get("protocol"),
+                "trained_on": c["training"].get("train_sections")}
+

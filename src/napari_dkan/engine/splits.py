@@ -1,0 +1,91 @@
+"""Fold and validation splits: which sections train, which select, which test.
+
+Selection never looks at the test fold (unlike the reference code): the inner validation set is
+taken from the training sections — one section (or one patient's sections) drawn with the run's
+seed.  With a single training section, a spatial block of it is held out instead: the spots in
+the last ~20% of array columns, a contiguous band, so validation spots are not the smoothed
+neighbours of training spots.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_dkan.engine.data import SectionData
+from napari_dkan.io.errors import DataError
+
+VAL_FRACTION = 0.2
+MIN_VAL_SPOTS = 10
+
+
+@dataclass
+class Fold:
+    name: str
+    test: list[str]
+    train: list[str]
+
+
+def make_folds(names: Sequence[str], patients: dict[str, str], by: str = "sections", seed: int = 2021) -> list[Fold]:
+    """Leave-one-section-out, leave-one-patient-out, or ``kfold:K`` seeded folds of patients."""
+    names = list(names)
+    if by == "sections":
+        return [Fold(n, [n], [m for m in names if m != n]) for n in names]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(patients[n], []).append(n)
+    if by == "patients":
+        return [Fold(p, secs, [m for m in names if m not in secs]) for p, secs in groups.items()]
+    if by.startswith("kfold:"):
+        from sklearn.model_selection import KFold
+
+        k = int(by.split(":", 1)[1])
+        pats = list(groups)
+        if k > len(pats):
+            raise DataError(f"{k} folds need at least {k} patients; there are {len(pats)}")
+        folds = []
+        for i, (_, test_idx) in enumerate(KFold(k, shuffle=True, random_state=seed).split(pats)):
+            test = [s for j in test_idx for s in groups[pats[j]]]
+            folds.append(Fold(f"fold{i + 1}", test, [m for m in names if m not in test]))
+        return folds
+    raise DataError(f"unknown fold scheme {by!r}: use sections, patients or kfold:K")
+
+
+def inner_validation(
+    train: Sequence[SectionData], by: str = "sections", seed: int = 2021
+) -> tuple[list[SectionData], list[SectionData]]:
+    """Split training sections into (fit, validation) without touching any test data."""
+    train = list(train)
+    if not train:
+        raise DataError("no training sections")
+    if len(train) == 1:
+        return _spatial_holdout(train[0])
+    rng = random.Random(seed)
+    if by == "patients":
+        patients = sorted({s.patient for s in train})
+        if len(patients) > 1:
+            held = rng.choice(patients)
+            return [s for s in train if s.patient != held], [s for s in train if s.patient == held]
+    held_name = rng.choice(sorted(s.name for s in train))
+    return [s for s in train if s.name != held_name], [s for s in train if s.name == held_name]
+
+
+def _spatial_holdout(section: SectionData) -> tuple[list[SectionData], list[SectionData]]:
+    n = len(section)
+    if n < 2 * MIN_VAL_SPOTS:
+        raise DataError(
+            f"section {section.name} has only {n} spots: too few to hold out a validation block "
+            f"(need at least {2 * MIN_VAL_SPOTS}); add a second section for validation"
+        )
+    cols = section.positions[:, 1]
+    cut = np.quantile(cols, 1 - VAL_FRACTION)
+    val_mask = cols > cut
+    if val_mask.sum() < MIN_VAL_SPOTS:
+        val_mask = cols >= cut
+    fit_part = section.subset(np.flatnonzero(~val_mask))
+    val_part = section.subset(np.flatnonzero(val_mask))
+    fit_part.name, val_part.name = f"{section.name}[fit]", f"{section.name}[val]"
+    return [fit_part], [val_part]

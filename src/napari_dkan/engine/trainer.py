@@ -1,0 +1,234 @@
+"""The training loop: Adam + StepLR, early stopping on validation PCC, resumable, cancellable.
+
+method.md §6: Adam (lr 1e-4), StepLR (step 50 epochs, γ 0.9), up to 200 epochs, batch 128,
+mixed precision (bf16 on CUDA), early stopping with patience 20 on the mean per-gene Pearson r
+of the validation sections, seed 2021.
+
+Determinism and resume: the shuffling, augmentation and dropout of epoch *e* are drawn from
+generators seeded with (seed, e), so a run resumed after epoch *e* continues exactly as the
+uninterrupted run would.  After every epoch the last weights and optimizer state are written
+(``last.safetensors`` + ``state.json``) and, on improvement, the best weights
+(``model.safetensors``) — all atomically.  A cancel request is honoured after the current step:
+the epoch in progress is dropped, the best checkpoint is kept, and a later call resumes.
+The engine never prints: it reports :class:`TrainEvent` through a callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_dkan.engine import checkpoint as ckpt
+from napari_dkan.engine.data import SectionData
+from napari_dkan.engine.families import DKANFamily, Dims, NH2STFamily, SpotStore, predict_store
+from napari_dkan.engine.metrics import pearson_per_gene
+from napari_dkan.progress import CancelToken
+
+MODEL_FILE = "model.safetensors"
+LAST_FILE = "last.safetensors"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 200
+    lr: float = 1e-4
+    step_size: int = 50
+    gamma: float = 0.9
+    batch_size: int = 128
+    patience: int = 20
+    seed: int = 2021
+    augment: bool = True
+    #: genes drawn per step for InfoNCE (None: all genes, as the paper)
+    contrastive_genes: int | None = None
+    mixed_precision: bool = True
+    device: str = "auto"
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
+        return cls(**data)
+
+
+@dataclass
+class TrainEvent:
+    """What the loop reports: after each step (``phase="step"``) and each epoch (``"epoch"``)."""
+
+    phase: str
+    epoch: int  # 1-based
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    val_pcc: float | None = None
+    best_pcc: float | None = None
+    best_epoch: int | None = None
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    status: str  # finished | early-stopped | cancelled
+    epochs_run: int
+    best_epoch: int | None
+    best_val_pcc: float | None
+    history: list[dict[str, Any]]
+    resumed_from: int = 0
+    best_sha256: str | None = None
+
+
+def validation_pcc(family: DKANFamily | NH2STFamily, model: torch.nn.Module, store: SpotStore,
+                   gene_text: torch.Tensor | None) -> float:
+    """Mean over validation sections of the nan-mean per-gene Pearson r."""
+    pred = predict_store(family, model, store, gene_text)
+    scores = []
+    for i, sec in enumerate(store.sections):
+        rows = store.section_rows(i)
+        scores.append(np.nanmean(pearson_per_gene(pred[rows], sec.y)) if len(rows) > 2 else np.nan)
+    with np.errstate(all="ignore"):
+        value = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+    return value
+
+
+def fit(
+    family: DKANFamily | NH2STFamily,
+    dims: Dims,
+    train: Sequence[SectionData],
+    val: Sequence[SectionData],
+    settings: TrainSettings,
+    run_dir: Path,
+    gene_text: np.ndarray | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = True,
+    init_weights: dict[str, torch.Tensor] | None = None,
+) -> FitResult:
+    """Train ``family`` on ``train``, selecting on ``val``; checkpoints go to ``run_dir``."""
+    from napari_dkan.devices import autocast, resolve_device
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = family.build(dims).to(device)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.step_size, gamma=settings.gamma)
+    text = None if gene_text is None else torch.as_tensor(gene_text, dtype=torch.float32, device=device)
+    train_store = SpotStore(train, device)
+    val_store = SpotStore(val, device) if val else None
+    fingerprint = fingerprint or {}
+
+    start, history, best, best_epoch, bad, best_sha = 0, [], -math.inf, None, 0, None
+    state_path = run_dir / STATE_FILE
+    if resume and state_path.is_file():
+        state = ckpt.read_json(state_path)
+        if state.get("fingerprint") != fingerprint:
+            raise ckpt.CheckpointError(
+                f"{run_dir} holds a different training run (model, data or settings differ); "
+                "choose another output folder, or delete it to start over"
+            )
+        tensors = ckpt.load_tensors(run_dir / LAST_FILE, state.get("last_sha256"))
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt.load_state_dict(ckpt.join_optimizer_state(tensors, state["optimizer"]))
+        sched.load_state_dict(state["scheduler"])
+        start, history = int(state["epoch"]), list(state["history"])
+        best = state["best_val_pcc"] if state["best_val_pcc"] is not None else -math.inf
+        best_epoch, bad, best_sha = state["best_epoch"], int(state["bad_epochs"]), state.get("best_sha256")
+        if state.get("status") in ("finished", "early-stopped"):
+            return FitResult(state["status"], start, best_epoch, _finite(best), history, start, best_sha)
+    resumed_from = start
+
+    n = len(train_store)
+    steps = max(1, math.ceil(n / settings.batch_size))
+    status = "finished"
+    epoch = start
+    for epoch in range(start, settings.epochs):
+        torch.manual_seed(settings.seed * 1000 + epoch)  # dropout of this epoch
+        gen = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        model.train()
+        t0, losses, logs = time.perf_counter(), [], {}
+        for step in range(steps):
+            idx = perm[step * settings.batch_size : (step + 1) * settings.batch_size]
+            inputs = family.inputs(train_store, idx, gen if settings.augment else None)
+            with autocast(device) if settings.mixed_precision else _null():
+                loss, logs = family.loss(model, inputs, text, settings.contrastive_genes, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            _emit(on_event, TrainEvent("step", epoch + 1, settings.epochs, step + 1, steps, losses[-1],
+                                       best_pcc=_finite(best), best_epoch=best_epoch, logs=logs))
+            if cancel is not None and cancel.is_set():
+                status = "cancelled"
+                break
+        if status == "cancelled":
+            break
+        sched.step()
+        val_pcc = validation_pcc(family, model, val_store, text) if val_store is not None else float("nan")
+        improved = (val_store is None) or (np.isfinite(val_pcc) and val_pcc > best)
+        if improved:
+            best, best_epoch, bad = (val_pcc if val_store is not None else -math.inf), epoch + 1, 0
+            best_sha = ckpt.save_tensors(run_dir / MODEL_FILE, model.state_dict())
+        else:
+            bad += 1
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_pcc": _finite(val_pcc),
+                  "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3),
+                  **{k: v for k, v in logs.items() if k.startswith("w_")}}
+        history.append(record)
+        done = bad >= settings.patience and val_store is not None
+        status = "early-stopped" if done else ("finished" if epoch + 1 == settings.epochs else "running")
+        _save_state(run_dir, model, opt, sched, epoch + 1, history, best, best_epoch, bad, status,
+                    fingerprint, best_sha)
+        _emit(on_event, TrainEvent("epoch", epoch + 1, settings.epochs, steps, steps, record["train_loss"],
+                                   _finite(val_pcc), _finite(best), best_epoch, logs=record))
+        if done:
+            break
+    if status == "running":
+        status = "finished"
+    epochs_run = len(history)
+    return FitResult(status, epochs_run, best_epoch, _finite(best), history, resumed_from, best_sha)
+
+
+def _save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int,
+                history: list, best: float, best_epoch: int | None, bad: int, status: str,
+                fingerprint: dict[str, Any], best_sha: str | None) -> None:
+    opt_tensors, opt_rest = ckpt.split_optimizer_state(opt.state_dict())
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    digest = ckpt.save_tensors(run_dir / LAST_FILE, tensors)
+    ckpt.write_json(run_dir / STATE_FILE, {
+        "epoch": epoch, "status": status, "history": history, "best_val_pcc": _finite(best),
+        "best_epoch": best_epoch, "bad_epochs": bad, "optimizer": opt_rest,
+        "scheduler": sched.state_dict(), "last_sha256": digest, "best_sha256": best_sha,
+        "fingerprint": fingerprint,
+    })
+
+
+def _finite(x: float | None) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _emit(cb: Callable[[TrainEvent], None] | None, event: TrainEvent) -> None:
+    if cb is not None:
+        cb(event)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

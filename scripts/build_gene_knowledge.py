@@ -140,7 +140,8 @@ def build(root: Path, sources: list[dict[str, str]]) -> dict:
 
     rows = org.execute(
         "SELECT g._id, g.gene_id, i.symbol, i.gene_name, t.gene_type FROM genes g "
-        "JOIN gene_info i USING(_id) LEFT JOIN genetype t USING(_id) ORDER BY CAST(g.gene_id AS INT)"
+        "JOIN gene_info i USING(_id) LEFT JOIN genetype t USING(_id) "
+        "ORDER BY CAST(g.gene_id AS INT)"
     ).fetchall()
     chromosomes: dict[int, list[str]] = defaultdict(list)
     for gid, chrom in org.execute("SELECT _id, chromosome FROM chromosomes ORDER BY chromosome"):

@@ -36,17 +36,34 @@ and not at all when the embedding cache already holds the answer.
 """
 
 from napari_dkan.knowledge.describe import MAX_WORDS, DescriptionLimits, describe
+from napari_dkan.knowledge.embeddings import (
+    MATRIX_KEY,
+    GeneEmbeddings,
+    embed_texts,
+    gene_embeddings,
+)
+from napari_dkan.knowledge.encoders import DEFAULT_ENCODER, POOLINGS, resolve_encoder
 from napari_dkan.knowledge.llm import LlmSettings
 from napari_dkan.knowledge.ncbi import NcbiSettings
-from napari_dkan.knowledge.resolve import Coverage, Resolution, coverage, resolve_gene, resolve_genes
+from napari_dkan.knowledge.resolve import (
+    Coverage,
+    Resolution,
+    coverage,
+    resolve_gene,
+    resolve_genes,
+)
 from napari_dkan.knowledge.table import GeneRecord, KnowledgeTable, load_table
 from napari_dkan.knowledge.texts import TEXT_SOURCES, GeneText, gene_texts, read_text_tsv
 
 __all__ = [
+    "DEFAULT_ENCODER",
+    "MATRIX_KEY",
     "MAX_WORDS",
+    "POOLINGS",
     "TEXT_SOURCES",
     "Coverage",
     "DescriptionLimits",
+    "GeneEmbeddings",
     "GeneRecord",
     "GeneText",
     "KnowledgeTable",
@@ -55,9 +72,12 @@ __all__ = [
     "Resolution",
     "coverage",
     "describe",
+    "embed_texts",
+    "gene_embeddings",
     "gene_texts",
     "load_table",
     "read_text_tsv",
+    "resolve_encoder",
     "resolve_gene",
     "resolve_genes",
 ]

@@ -43,22 +43,25 @@ def request_json(url: str, payload: Any = None, headers: dict[str, str] | None =
     for key, value in (headers or {}).items():
         req.add_header(key, value)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http(s) only, checked by callers)
+        # only http(s) URLs get here: callers check them with check_url
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
             body = resp.read()
     except urllib.error.HTTPError as exc:
         raise FetchError("http_error", f"HTTP {exc.code} {exc.reason} from {_host(url)}") from exc
     except TimeoutError as exc:
         raise FetchError("timeout", f"no answer from {_host(url)} within {timeout:g} s") from exc
     except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise FetchError("timeout", f"no answer from {_host(url)} within {timeout:g} s") from exc
+        if isinstance(exc.reason, TimeoutError):  # a connect timeout arrives wrapped
+            raise FetchError("timeout", f"no answer from {_host(url)} within {timeout:g} s") \
+                from exc
         raise FetchError("network_error", f"cannot reach {_host(url)}: {exc.reason}") from exc
     except (OSError, http.client.HTTPException) as exc:  # reset, closed early, bad status line
         raise FetchError("network_error", f"cannot reach {_host(url)}: {exc}") from exc
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FetchError("malformed", f"{_host(url)} answered with something that is not JSON") from exc
+        raise FetchError("malformed", f"{_host(url)} answered with something other than JSON") \
+            from exc
 
 
 def _host(url: str) -> str:

@@ -179,7 +179,8 @@ def fetch_summaries(resolutions: list[Resolution],
     for start in range(0, len(wanted), settings.batch_size):
         batch = wanted[start:start + settings.batch_size]
         if client.gave_up:
-            fetched.update({e: NcbiSummary("skipped", detail="NCBI stopped answering") for e in batch})
+            skipped = NcbiSummary("skipped", detail="NCBI stopped answering")
+            fetched.update(dict.fromkeys(batch, skipped))
             continue
         try:
             fetched.update(_summaries(client, batch))

@@ -13,7 +13,7 @@ Sources:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -67,43 +67,53 @@ def gene_texts(genes: Sequence[str], source: TextSource = "offline", disease: st
                         "(--llm-url and --llm-model on the command line)")
     resolutions = resolve_genes(genes, table or load_table())
     texts = [_offline(r, disease, max_words) for r in resolutions]
-    if source == "offline":
-        return texts
-
     if source in ("ncbi", "ncbi+llm"):
-        summaries = fetch_summaries(resolutions, ncbi or NcbiSettings())
-        for i, (r, s) in enumerate(zip(resolutions, summaries)):
-            limit = _LLM_INPUT.max_words if source == "ncbi+llm" else max_words
-            text = ncbi_text(r, s, disease if source == "ncbi" else None, limit)
-            status = ("cached" if s.cached else "ok") if text else (
-                "no_summary" if s.status == "ok" else s.status)
-            if text:
-                texts[i] = GeneText(r.query, r.symbol, text, "ncbi", status, r.how, s.detail)
-            else:
-                texts[i] = GeneText(r.query, r.symbol, texts[i].text, "offline", status, r.how,
-                                    s.detail or "NCBI gives no summary for this gene")
+        # NCBI's text is final for "ncbi"; for "ncbi+llm" it is the model's input, so it may
+        # be longer and leaves the disease context to the prompt
+        final = source == "ncbi"
+        texts = _from_ncbi(resolutions, texts, disease if final else None,
+                           max_words if final else _LLM_INPUT.max_words, ncbi or NcbiSettings())
     if source in ("llm", "ncbi+llm"):
         assert llm is not None
-        inputs = [t.text if t.origin == "ncbi" else describe(r, None, _LLM_INPUT)
-                  for r, t in zip(resolutions, texts)]
-        rewrites = rewrite_all([(r.query, k) for r, k in zip(resolutions, inputs)], disease,
-                               llm if llm.max_words == max_words else _with_words(llm, max_words))
-        for i, (r, w) in enumerate(zip(resolutions, rewrites)):
-            before = f"input from {texts[i].origin} ({texts[i].status})"
-            if w.status == "ok":
-                texts[i] = GeneText(r.query, r.symbol, w.text, "llm",
-                                    "cached" if w.cached else "ok", r.how, before)
-            else:
-                fallback = _offline(r, disease, max_words)
-                texts[i] = GeneText(r.query, r.symbol, fallback.text, "offline", w.status,
-                                    r.how, f"{w.detail}; {before}")
+        texts = _from_llm(resolutions, texts, disease, replace(llm, max_words=max_words))
     return texts
 
 
-def _with_words(llm: LlmSettings, max_words: int) -> LlmSettings:
-    from dataclasses import replace
+def _from_ncbi(resolutions: list[Resolution], texts: list[GeneText], disease: str | None,
+               max_words: int, settings: NcbiSettings) -> list[GeneText]:
+    out = []
+    summaries = fetch_summaries(resolutions, settings)
+    for r, s, before in zip(resolutions, summaries, texts, strict=True):
+        text = ncbi_text(r, s, disease, max_words)
+        if text:
+            out.append(GeneText(r.query, r.symbol, text, "ncbi", "cached" if s.cached else "ok",
+                                r.how, s.detail))
+        else:
+            status = "no_summary" if s.status == "ok" else s.status
+            out.append(GeneText(r.query, r.symbol, before.text, "offline", status, r.how,
+                                s.detail or "NCBI gives no summary for this gene"))
+    return out
 
-    return replace(llm, max_words=max_words)
+
+def _from_llm(resolutions: list[Resolution], texts: list[GeneText], disease: str | None,
+              settings: LlmSettings) -> list[GeneText]:
+    # the model rewrites NCBI's text where there is one, else the offline facts (more of them
+    # than the final text may hold)
+    inputs = [t.text if t.origin == "ncbi" else describe(r, None, _LLM_INPUT)
+              for r, t in zip(resolutions, texts, strict=True)]
+    rewrites = rewrite_all([(r.query, k) for r, k in zip(resolutions, inputs, strict=True)],
+                           disease, settings)
+    out = []
+    for r, w, before in zip(resolutions, rewrites, texts, strict=True):
+        came_from = f"input from {before.origin} ({before.status})"
+        if w.status == "ok":
+            out.append(GeneText(r.query, r.symbol, w.text, "llm", "cached" if w.cached else "ok",
+                                r.how, came_from))
+        else:
+            fallback = _offline(r, disease, settings.max_words)
+            out.append(GeneText(r.query, r.symbol, fallback.text, "offline", w.status, r.how,
+                                f"{w.detail}; {came_from}"))
+    return out
 
 
 def read_text_tsv(path: str | Path) -> dict[str, str]:

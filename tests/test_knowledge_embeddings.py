@@ -159,6 +159,8 @@ def test_encoder_errors_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no config.json"):
         embed_texts(["a"], str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="does not exist"):
+        embed_texts(["a"], str(tmp_path / "absent"))
     with pytest.raises(DataError, match="cannot load text encoder 'no-such-org/no-such-model'"):
         embed_texts(["a"], "no-such-org/no-such-model")  # HF_HUB_OFFLINE=1: never downloads
     with pytest.raises(DataError, match="unknown pooling"):

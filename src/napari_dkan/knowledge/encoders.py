@@ -92,6 +92,9 @@ def resolve_encoder(name_or_path: str = DEFAULT_ENCODER) -> EncoderSpec:
                            f"{DEFAULT_ENCODER}:{_folder_identity(folder)}", "mean")
     path = Path(name_or_path).expanduser()
     if path.exists() or name_or_path.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise DataError(f"text encoder folder {path} does not exist; give a folder written "
+                            "by save_pretrained or a Hugging Face model name")
         if not (path / "config.json").is_file():
             raise DataError(
                 f"text encoder folder {path} has no config.json; give a folder written by "

@@ -150,7 +150,10 @@ def fetch_summaries(resolutions: list[Resolution],
     for r in resolutions:
         k = key(r)
         if k not in results and (stored := store.get(k)) is not None:
-            results[k] = NcbiSummary(**{**stored, "cached": True})
+            try:
+                results[k] = NcbiSummary(**{**stored, "cached": True})
+            except TypeError:  # written by another version of this module: fetch again
+                pass
 
     # 2. names the table does not know: find their Entrez id first
     ids: dict[str, int] = {key(r): r.record.entrez for r in resolutions

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from napari_dkan import __version__
-from napari_dkan.cli import _data, _engine
+from napari_dkan.cli import _data, _engine, _genes
 
-_GROUPS = [_data, _engine]
+_GROUPS = [_data, _genes, _engine]
 
 
 def build_parser() -> argparse.ArgumentParser:

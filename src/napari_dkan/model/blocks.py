@@ -104,14 +104,17 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float, shared_norm: bool = False) -> None:
         super().__init__()
+        self.shared_norm = shared_norm
         self.norm_q = nn.LayerNorm(d)
-        self.norm_kv = self.norm_q if shared_norm else nn.LayerNorm(d)
+        if not shared_norm:  # a shared norm is registered once, so checkpoints hold no aliases
+            self.norm_kv = nn.LayerNorm(d)
         self.attn = Attention(d, heads, dropout)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = FeedForward(d, mlp_ratio, dropout)
 
     def forward(self, query: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        query = query + self.attn(self.norm_q(query), self.norm_kv(kv), key_mask=key_mask)
+        norm_kv = self.norm_q if self.shared_norm else self.norm_kv
+        query = query + self.attn(self.norm_q(query), norm_kv(kv), key_mask=key_mask)
         return query + self.ffn(self.norm_ffn(query))
 
 

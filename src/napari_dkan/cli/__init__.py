@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from napari_dkan import __version__
-from napari_dkan.cli import _data
+from napari_dkan.cli import _data, _features
 
-_GROUPS = [_data]
+_GROUPS = [_data, _features]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,20 +86,21 @@ def section_patches(
             report(progress, len(spots), len(spots))
             return hit[0]["patches"]
     tile_step(size, native, target)  # validates the size
-    slide = section.open_slide()
     t0 = time.perf_counter()
-    read = tile_reader(slide, spots.xy, size, target)
     out = np.empty((len(spots), size, size, 3), np.uint8)
-    stream = read_batches(read, len(spots), size, batch_size=64, num_workers=num_workers, cancel=cancel)
-    batches = iter(stream)
-    try:
-        for i0, buf, count in batches:
-            check_cancel(cancel, "patch reading")
-            out[i0 : i0 + count] = buf.numpy()[:count]
-            stream.release(buf)
-            report(progress, i0 + count, len(spots))
-    finally:
-        batches.close()
+    with section.open_slide() as slide:
+        read = tile_reader(slide, spots.xy, size, target)
+        stream = read_batches(read, len(spots), size, batch_size=64, num_workers=num_workers,
+                              cancel=cancel)
+        batches = iter(stream)
+        try:
+            for i0, buf, count in batches:
+                check_cancel(cancel, "patch reading")
+                out[i0 : i0 + count] = buf.numpy()[:count]
+                stream.release(buf)
+                report(progress, i0 + count, len(spots))
+        finally:
+            batches.close()
     if cache:
         save_arrays(path, key, {"patches": out},
                     {"section": section.name, "seconds": time.perf_counter() - t0})

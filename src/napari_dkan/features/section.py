@@ -80,7 +80,7 @@ def extract_section_features(
     ``mode`` is ``shared`` (each grid tile encoded once; the default) or ``exact`` (the paper's
     25 tiles per spot).  ``target_mpp`` resamples tiles to that µm/px.  ``progress(done, total)``
     counts encoded tiles; ``cancel.is_set()`` is checked between batches and raises
-    :class:`~napari_dkan.progress.Cancelled`.
+    :class:`~napari_dkan.progress.Cancelled`.  A given encoder is moved to ``device``.
     """
     t0 = time.perf_counter()
     try:
@@ -119,25 +119,23 @@ def extract_section_features(
                 report(progress, 1, 1)
                 return feats
 
-    slide = section.open_slide()
-    width, height = slide.dimensions
-    layout = make_layout(region_mode.value, spots.x, spots.y, step, width, height)
-    enc = _ready_encoder(encoder, spec, device)
     from napari_dkan.features.encoders import suggest_batch_size
     from napari_dkan.features.pipeline import encode_tiles
 
-    bs = int(batch_size) if batch_size else suggest_batch_size(spec, enc.device)
     n = len(spots)
-    read = tile_reader(slide, layout.patch_centres, tile_px, target)
-    total = layout.n_tiles
-    # The patches come first, so their tokens (when requested) are one contiguous block.
-    patches = encode_tiles(enc, read, n, tile_px, tokens=tokens, batch_size=bs,
-                           num_workers=num_workers, progress=progress, cancel=cancel,
-                           progress_total=total)
-    region_read = tile_reader(slide, layout.tile_centres, tile_px, target)
-    tiles = encode_tiles(enc, region_read, len(layout.tile_centres), tile_px, batch_size=bs,
-                         num_workers=num_workers, progress=progress, cancel=cancel,
-                         progress_offset=n, progress_total=total)
+    with section.open_slide() as slide:  # first, so bad data fails before a model loads
+        layout = make_layout(region_mode.value, spots.x, spots.y, step, *slide.dimensions)
+        total = layout.n_tiles
+        enc = _ready_encoder(encoder, spec, device)
+        bs = int(batch_size) if batch_size else suggest_batch_size(spec, enc.device)
+        # Patches first, then region tiles: their features form one table (geometry.py).
+        patches = encode_tiles(enc, tile_reader(slide, layout.patch_centres, tile_px, target), n,
+                               tile_px, tokens=tokens, batch_size=bs, num_workers=num_workers,
+                               progress=progress, cancel=cancel, progress_total=total)
+        tiles = encode_tiles(enc, tile_reader(slide, layout.tile_centres, tile_px, target),
+                             len(layout.tile_centres), tile_px, batch_size=bs,
+                             num_workers=num_workers, progress=progress, cancel=cancel,
+                             progress_offset=n, progress_total=total)
     seconds = time.perf_counter() - t0
     passes = layout.n_tiles
     meta: dict[str, Any] = {

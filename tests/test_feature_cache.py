@@ -57,6 +57,15 @@ def test_second_run_reads_the_cache_without_encoding(c2_few, cache, monkeypatch)
     assert not list(cache.rglob("*.tmp"))  # atomic write left nothing behind
 
 
+def test_features_cached_with_tokens_serve_a_request_without(c2_few, cache, monkeypatch):
+    full = extract_section_features(c2_few, "tiny", mode="shared", tokens=True)
+    _no_encoder(monkeypatch)
+    lean = extract_section_features(c2_few, "tiny", mode="shared", tokens=False)
+    assert lean.meta["cache_hit"] and len(_files(cache)) == 1
+    np.testing.assert_array_equal(lean.patch, full.patch)
+    np.testing.assert_array_equal(lean.region, full.region)
+
+
 def test_a_loaded_encoder_and_its_name_share_the_cache(c2_few, cache, tiny):
     extract_section_features(c2_few, tiny, mode="exact")
     assert extract_section_features(c2_few, "tiny", mode="exact").meta["cache_hit"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,9 +105,14 @@ def extract_section_features(
         mode=region_mode.value,
         tokens=bool(tokens),
     )
-    path = cache_file(key, f"{section.dataset}-{section.name}-{spec.family}-{region_mode}")
+    label = f"{section.dataset}-{section.name}-{spec.family}-{region_mode}"
+    path = cache_file(key, label)
     if cache:
         hit = load_arrays(path, key)
+        if hit is None and not tokens:
+            # features cached with tokens hold everything a token-less request needs
+            with_tokens = replace(key, tokens=True)
+            hit = load_arrays(cache_file(with_tokens, label), with_tokens)
         if hit is not None:
             feats = _from_arrays(spots.spot_id, *hit)
             if feats is not None:

@@ -135,10 +135,13 @@ class DKANFamily:
 
     def loss(self, model: nn.Module, inputs: SpotInputs, gene_text: Tensor | None,
              contrastive_genes: int | None, gen: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
-        out = model(inputs, gene_text)
+        pick = None
+        n_genes = inputs.y.shape[1]
+        if self.cfg.use_contrastive and contrastive_genes is not None and contrastive_genes < n_genes:
+            pick = torch.randperm(n_genes, generator=gen)[:contrastive_genes].to(inputs.y.device)
+        out = model(inputs, gene_text, contrastive_genes=pick)
         terms = dkan_loss(out, inputs.y, self.cfg.alpha, self.cfg.tau, self.cfg.detach_distillation,
-                          adaptive=self.cfg.adaptive_weights, contrastive_genes=contrastive_genes,
-                          generator=gen)
+                          adaptive=self.cfg.adaptive_weights)
         logs = {"loss": float(terms.total.detach()), "supervised": terms.supervised}
         if terms.contrastive is not None:
             logs.update(contrastive=terms.contrastive, w_sup=terms.w_sup, w_cont=terms.w_cont)

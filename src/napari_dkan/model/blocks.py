@@ -53,6 +53,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         """``query`` B×Lq×d, ``kv`` B×Lk×d; ``bias`` broadcastable to B×H×Lq×Lk;
         ``key_mask`` B×Lk, True where a key must be ignored."""
+        if kv.shape[1] == 1 and bias is None and key_mask is None:
+            return self._single_key(query, kv)
         q, k, v = self._split(self.q(query)), self._split(self.k(kv)), self._split(self.v(kv))
         attn_bias = bias
         if key_mask is not None:
@@ -66,6 +68,21 @@ class Attention(nn.Module):
         )
         b, h, n, dh = out.shape
         return self.proj_drop(self.out(out.transpose(1, 2).reshape(b, n, h * dh)))
+
+    def _single_key(self, query: Tensor, kv: Tensor) -> Tensor:
+        """One key: the softmax is identically 1, so every query receives the projected value
+        (DKAN's faithful alignment).  Queries and keys would get no gradient anyway; skipping
+        their projections is exact.  Attention dropout still drops whole (query, head) weights,
+        as it would in the general path."""
+        b, lq = query.shape[:2]
+        v = self._split(self.v(kv))  # B×H×1×dh
+        if self.training and self.dropout > 0:
+            keep = torch.ones(b, self.heads, lq, 1, dtype=v.dtype, device=v.device)
+            out = F.dropout(keep, self.dropout, training=True) * v
+            out = out.transpose(1, 2).reshape(b, lq, -1)
+            return self.proj_drop(self.out(out))
+        merged = v.transpose(1, 2).reshape(b, 1, -1)
+        return self.proj_drop(self.out(merged)).expand(b, lq, -1)
 
     def weights(self, query: Tensor, kv: Tensor, bias: Tensor | None = None,
                 key_mask: Tensor | None = None) -> Tensor:

@@ -47,7 +47,9 @@ class ModelOutput:
     pred: Tensor  # B×G
     aux: list[Tensor]  # auxiliary predictions, each B×G
     e_ti: Tensor | None = None  # B×G×d gene tokens aligned with the image
-    e_te: Tensor | None = None  # B×G×d gene tokens aligned with the expression
+    e_te: Tensor | None = None  # B×K×d gene tokens aligned with the expression (K genes)
+    #: the K genes of ``e_te`` (None: all G, in order)
+    contrastive_genes: Tensor | None = None
 
 
 class PatchBranch(nn.Module):
@@ -253,7 +255,13 @@ class DKAN(nn.Module):
         return (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
     # -- forward -----------------------------------------------------------------------------
-    def forward(self, inputs: SpotInputs, gene_text: Tensor | None = None) -> ModelOutput:
+    def forward(self, inputs: SpotInputs, gene_text: Tensor | None = None,
+                contrastive_genes: Tensor | None = None) -> ModelOutput:
+        """Predictions; in training with targets, also the contrastive tokens.
+
+        ``contrastive_genes`` restricts the expression path to those genes (InfoNCE then runs
+        over them only): the path's cost grows with B·K instead of B·G.
+        """
         patch = self.patch_branch(inputs.patch)  # B×49×d
         region = self.region_branch(inputs.region, inputs.region_mask)  # B×25×d
         ctx = self.slide_tokens(inputs)  # B×d
@@ -284,8 +292,10 @@ class DKAN(nn.Module):
             else:
                 ekv = self.expr_tokens(expr).view(b, self.cfg.expr_tokens, self.cfg.d)
             genes2 = self.encode_text(gene_text)  # second pass: independent dropout
+            if contrastive_genes is not None:
+                genes2 = genes2[contrastive_genes]
             e_te = self.align_expr(genes2.expand(b, -1, -1), ekv)
-        return ModelOutput(pred=pred, aux=aux, e_ti=e_ti, e_te=e_te)
+        return ModelOutput(pred=pred, aux=aux, e_ti=e_ti, e_te=e_te, contrastive_genes=contrastive_genes)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -109,21 +109,18 @@ class LossTerms:
 
 
 def dkan_loss(out, y: Tensor, alpha: float, tau: float, detach_distillation: bool = False,  # noqa: ANN001
-              adaptive: bool = True, contrastive_genes: int | None = None,
-              generator: torch.Generator | None = None) -> LossTerms:
+              adaptive: bool = True) -> LossTerms:
     """The full DKAN objective for one batch; ``out`` is a ``ModelOutput``.
 
-    ``contrastive_genes`` draws that many genes per step for InfoNCE (None: all, the paper);
-    the compact preset uses a subset to keep CPU steps short.
+    InfoNCE runs over the genes the model's expression path was given (all genes, as the paper,
+    unless the caller drew a subset: the compact preset draws a few per step to keep CPU steps
+    short).
     """
     sup = supervised_loss(out.pred, out.aux, y, alpha=alpha, detach_target=detach_distillation)
     if out.e_te is None or out.e_ti is None:
         return LossTerms(sup, float(sup.detach()), None, 1.0, 0.0)
-    e_ti, e_te = out.e_ti, out.e_te
-    if contrastive_genes is not None and contrastive_genes < e_ti.shape[1]:
-        pick = torch.randperm(e_ti.shape[1], generator=generator)[:contrastive_genes].to(e_ti.device)
-        e_ti, e_te = e_ti[:, pick], e_te[:, pick]
-    cont = info_nce(e_ti, e_te, tau)
+    e_ti = out.e_ti if out.contrastive_genes is None else out.e_ti[:, out.contrastive_genes]
+    cont = info_nce(e_ti, out.e_te, tau)
     w_sup, w_cont = adaptive_weights(sup, cont) if adaptive else (1.0, 1.0)
     total = w_sup * sup + w_cont * cont
     return LossTerms(total, float(sup.detach()), float(cont.detach()), w_sup, w_cont)

@@ -36,7 +36,7 @@ INNER_PROTOCOL_LABEL = "inner validation (selection on held-out training section
 
 #: training defaults per preset (the paper's for its presets; CPU-sized for compact)
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "compact": {"epochs": 60, "patience": 12, "lr": 5e-4, "batch_size": 64, "contrastive_genes": 32},
+    "compact": {"epochs": 100, "patience": 15, "lr": 5e-4, "batch_size": 64, "contrastive_genes": 32},
     "tiny": {"epochs": 4, "patience": 4, "lr": 1e-3, "batch_size": 32, "contrastive_genes": 8},
 }
 

@@ -40,13 +40,17 @@ def test_unused_parameters_are_found():
             super().__init__()
             self.used, self.unused = nn.Linear(3, 1), nn.Linear(3, 1)
             self.frozen = nn.Linear(3, 1).requires_grad_(False)
+            self.norm = nn.BatchNorm1d(3)
 
         def forward(self, x):  # noqa: ANN001, ANN201
-            return self.used(x) + self.frozen(x)
+            return self.used(self.norm(x)) + self.frozen(x)
 
-    net = Net()
-    assert unused_parameters(net, lambda: net(torch.ones(2, 3)).sum()) == ["unused.weight", "unused.bias"]
-    assert all(p.grad is None for p in net.parameters())  # the probe leaves no gradient behind
+    net = Net().train()
+    x = torch.randn(4, 3) + 5
+    assert unused_parameters(net, lambda: net(x).sum()) == ["unused.weight", "unused.bias"]
+    # the probe leaves no trace: no gradient, and batch-norm statistics as they were
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.equal(net.norm.running_mean, torch.zeros(3)) and int(net.norm.num_batches_tracked) == 0
 
 
 def _torchrun(script: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:

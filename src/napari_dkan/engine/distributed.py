@@ -215,10 +215,15 @@ def unused_parameters(model: nn.Module, step: Callable[[], torch.Tensor]) -> lis
     parameter's gradient before reducing); probing one step tells, instead of paying for
     ``find_unused_parameters=True`` on every step when nothing is unused.
     """
+    # the probe must leave no trace: batch-norm running statistics are restored afterwards
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     model.zero_grad(set_to_none=True)
     step().backward()
     names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
     return names
 
 

@@ -2,7 +2,8 @@
 
 Run as ``torchrun --standalone --nproc-per-node 2 tests/_ddp_train.py CASES.json``: every rank
 joins the gloo group, runs each case in turn with the same arguments, and rank 0 writes what it
-saw (per-step losses, history, status) to ``<case run_dir>/seen.json``.
+saw (per-step losses, history, status) to ``<case run_dir>/seen.json``.  A case ``{"cli": ARGS}``
+runs ``napari-dkan ARGS`` instead (it leaves the process group when done, so it comes last).
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ def main(path: str) -> None:
     ctx = distributed.init_from_env("cpu")
     try:
         for case in json.loads(Path(path).read_text()):
-            _run(case, ctx.rank)
+            if "cli" in case:
+                from napari_dkan.cli import main as cli
+
+                if cli(case["cli"]) != 0:
+                    raise SystemExit(f"napari-dkan {' '.join(case['cli'])} failed")
+            else:
+                _run(case, ctx.rank)
     finally:
         distributed.shutdown()
 

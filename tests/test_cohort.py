@@ -61,7 +61,7 @@ def crops(wsi_dir, tmp_path_factory):
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = Client(cluster)
     yield c
     c.close()
@@ -108,7 +108,10 @@ def test_a_worker_killed_mid_run_loses_no_slide_and_a_rerun_skips_them_all(
     by_name = {o.name: o for o in summary.outcomes}
     for name in killed["held"]:  # what the killed worker held was done by another process
         assert not by_name[name].worker.endswith(f":{killed['pid']}")
-    assert len({o.worker for o in summary.outcomes}) >= 2
+    workers = {o.worker for o in summary.outcomes}
+    assert len(workers) >= 2
+    # the model was loaded once per worker process, not once per slide
+    assert sum(bool(o.loaded_model) for o in summary.outcomes) == len(workers) < len(entries)
     for e in entries:
         _check_output(out / f"{e.name}.h5ad", model, panel)
     assert _check_output(out / "C2.h5ad", model, panel).n_obs == 187
@@ -143,6 +146,12 @@ def test_failing_slides_are_reported_and_do_not_stop_the_others(crops, model, pa
     for name in ("good", "also-good"):
         _check_output(out / f"{name}.h5ad", model, panel)
     assert not (out / "unreadable.h5ad").exists()
+    # for people: a progress bar on stderr, a summary naming each failure on stdout
+    assert main(["predict-cohort", str(manifest), "--model", str(model.run_dir), "--out", str(out),
+                 "--scheduler", client.scheduler.address]) == 1
+    printed = capsys.readouterr()
+    assert "0 done, 2 skipped, 2 failed" in printed.out and "failed unreadable: " in printed.out
+    assert "slides" in printed.err and "failed=2" in printed.err
 
 
 def test_outputs_of_another_model_are_never_overwritten(crops, model, panel, tmp_path):
@@ -163,7 +172,7 @@ def test_gpu_workers_are_pinned_one_per_device_even_after_a_restart():
 
     from napari_dkan.cohort.cluster import PinnedGPUCluster, from_client
 
-    with PinnedGPUCluster(["3", "5"], 2, dashboard_address=None) as cluster, Client(cluster) as c:
+    with PinnedGPUCluster(["3", "5"], 2, dashboard_address=":0") as cluster, Client(cluster) as c:
         c.wait_for_workers(2)
         seen = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
         assert sorted(seen.values()) == ["3", "5"]

@@ -71,6 +71,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume_alon
     from _ddp_train import train_case
 
     panel = (panels_dir / "her2st.txt").read_text().split()[:12]
+    (tmp_path / "panel.txt").write_text("\n".join(panel) + "\n")
     # C3 + C4: 364 spots, even, so the last step splits evenly too (no padded duplicate).
     # Comparable trajectories need the same randomness: TRIPLEX (no InfoNCE, whose negatives
     # are the rank's own batch), the tiny preset (no dropout) and no augmentation (drawn per
@@ -85,10 +86,20 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume_alon
         # DKAN with augmentation; rank 1 alone is asked to stop at epoch 2, step 2
         {**same, "model": "dkan", "augment": True, "batch_size": 16, "run_dir": str(tmp_path / "cancelled"),
          "cancel_rank": 1, "cancel_at": [2, 2]},
+        # the documented command: torchrun ... -m napari_dkan train ... --distributed
+        {"cli": ["train", str(her2st), "--sections", "C3", "C4", "--val-sections", "C2", "--model", "dkan",
+                 "--preset", "tiny", "--encoder", "tiny", "--device", "cpu", "--epochs", "1",
+                 "--batch-size", "16", "--panel", str(tmp_path / "panel.txt"),
+                 "-o", str(tmp_path / "cli"), "--distributed", "--json"]},
     ]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     out = _torchrun(HERE / "_ddp_train.py", str(tmp_path / "cases.json"))
     assert out.returncode == 0, out.stderr[-4000:]
+
+    reports = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert len(reports) == 1  # rank 0 alone reports
+    assert reports[0]["processes"] == 2 and reports[0]["status"] == "finished"
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["result"]["history"][0]["world_size"] == 2
 
     seen = json.loads((tmp_path / "ddp" / "seen.json").read_text())
     assert len(seen["losses"]) == len(ref_losses) == 2 * 12  # ceil(364 / (2 × 16)) steps per epoch

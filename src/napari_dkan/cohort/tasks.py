@@ -41,25 +41,29 @@ class SlideOutcome:
     seconds: float | None = None
     error: str | None = None
     worker: str | None = None
+    #: True when this task loaded the model into its worker (once per worker process)
+    loaded_model: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def worker_model(run_dir: str, weights_sha256: str):  # noqa: ANN201 - a TrainedModel
-    """The trained model, loaded once per worker process (tasks of one worker share it)."""
+def worker_model(run_dir: str, weights_sha256: str) -> tuple[Any, bool]:
+    """The trained model, loaded once per worker process (tasks of one worker share it), and
+    whether this call loaded it."""
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.engine.trainer import MODEL_FILE
 
     key = (str(Path(run_dir).resolve()), weights_sha256)
     with _MODELS_LOCK:
-        if key not in _MODELS:
-            model = TrainedModel.load(run_dir)
-            if model.config["files"][MODEL_FILE] != weights_sha256:
-                raise DataError(f"the model in {run_dir} changed while the cohort was being predicted; "
-                                "rerun to predict every slide with the same weights")
-            _MODELS[key] = model
-        return _MODELS[key]
+        if key in _MODELS:
+            return _MODELS[key], False
+        model = TrainedModel.load(run_dir)
+        if model.config["files"][MODEL_FILE] != weights_sha256:
+            raise DataError(f"the model in {run_dir} changed while the cohort was being predicted; "
+                            "rerun to predict every slide with the same weights")
+        _MODELS[key] = model
+        return model, True
 
 
 def output_is_valid(path: Path, weights_sha256: str, panel: list[str]) -> bool | str:
@@ -105,21 +109,23 @@ def predict_slide(entry: CohortSlide, run_dir: str, weights_sha256: str, out_dir
         import torch
 
         torch.set_num_threads(cpu_threads)
-    model = worker_model(run_dir, weights_sha256)
+    model, loaded = worker_model(run_dir, weights_sha256)
+    loaded = loaded or None
     if output_is_valid(out, weights_sha256, model.panel) is True:  # a lost worker's task that finished
-        return SlideOutcome(entry.name, "skipped", str(out), worker=worker)
+        return SlideOutcome(entry.name, "skipped", str(out), worker=worker, loaded_model=loaded)
     t0 = time.perf_counter()
     try:
         from napari_dkan.engine.predict import predict_section
 
         adata = predict_section(model, open_section(entry), device=device)
     except SLIDE_ERRORS as exc:
-        return SlideOutcome(entry.name, "failed", str(out), error=f"{type(exc).__name__}: {exc}", worker=worker)
+        return SlideOutcome(entry.name, "failed", str(out), error=f"{type(exc).__name__}: {exc}",
+                            worker=worker, loaded_model=loaded)
     adata.uns["napari_dkan"]["weights_sha256"] = weights_sha256
     adata.uns["napari_dkan"]["slide"] = str(entry.slide)
     write_atomically(adata, out)
     return SlideOutcome(entry.name, "done", str(out), spots=int(adata.n_obs),
-                        seconds=round(time.perf_counter() - t0, 3), worker=worker)
+                        seconds=round(time.perf_counter() - t0, 3), worker=worker, loaded_model=loaded)
 
 
 def stale_temporaries(out_dir: Path, entries: list[CohortSlide]) -> list[Path]:

@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-sections", nargs="+", metavar="NAME", help="validation sections (default: drawn from --sections)")
     p.add_argument("--test-sections", nargs="+", metavar="NAME", help="with --paper-protocol: the test fold to select on")
     p.add_argument("-o", "--output", required=True, type=Path, help="run directory (resumed when it exists)")
+    p.add_argument("--distributed", action="store_true",
+                   help="train data-parallel in the processes torchrun starts, one per GPU (NCCL) or "
+                   "CPU worker (gloo): torchrun --nproc-per-node N -m napari_dkan train ... --distributed; "
+                   "--batch-size is then per process")
     add_json_flag(p)
     p.set_defaults(func=cmd_train)
 
@@ -154,6 +158,22 @@ def _fmt(x: float | None) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not args.distributed:
+        return _train(args)
+    from napari_dkan.engine import distributed
+    from napari_dkan.io.errors import DataError
+
+    if args.model == "ridge":
+        raise DataError("ridge regression has no training loop to distribute; train it without --distributed")
+    distributed.init_from_env(args.device)
+    try:
+        return _train(args)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from napari_dkan.engine import distributed
     from napari_dkan.engine.runs import gene_text_for, prepare_sections, train_model
     from napari_dkan.engine.splits import inner_validation
     from napari_dkan.io.dataset import open_dataset
@@ -170,9 +190,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise DataError("--paper-protocol selects on the test fold: name it with --test-sections")
     panel = _panel(args, ds)
     check_panel(panel, train_secs)
-    bars = _Bars(not args.json)
-    gene_text = gene_text_for(spec, panel)
-    data = prepare_sections([*train_secs, *(ds[n] for n in extra)], spec, panel, progress=bars.status)
+    main = distributed.current().is_main  # under torchrun only rank 0 reports
+    bars = _Bars(not args.json and main)
+    with distributed.main_first():  # rank 0 fills the feature and text caches, the others read them
+        gene_text = gene_text_for(spec, panel)
+        data = prepare_sections([*train_secs, *(ds[n] for n in extra)], spec, panel, progress=bars.status)
     names = [s.name for s in train_secs]
     if args.paper_protocol:
         fit_names, val_names = names, list(args.test_sections)
@@ -192,11 +214,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     payload = {"run": str(args.output), "model": spec.model, "status": model.config["status"],
                "protocol": model.protocol, "train_sections": fit_names, "val_sections": val_names,
                "best_epoch": res.get("best_epoch"), "best_val_pcc": res.get("best_val_pcc"),
-               "epochs_run": res.get("epochs_run"), "genes": len(panel)}
+               "epochs_run": res.get("epochs_run"), "genes": len(panel),
+               "processes": distributed.current().world_size}
     text = (f"{spec.model} trained ({model.config['status']}) on {', '.join(fit_names)}; selected on "
             f"{', '.join(val_names)} [{model.protocol}]: best val PCC {_fmt(res.get('best_val_pcc'))} at "
             f"epoch {res.get('best_epoch')} → {args.output}")
-    emit(args, payload, text)
+    if main:
+        emit(args, payload, text)
     return 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from napari_dkan import __version__
 from napari_dkan.engine import checkpoint as ckpt
+from napari_dkan.engine import distributed
 from napari_dkan.engine.data import FeatureSpec, Needs, SectionData, load_section_data
 from napari_dkan.engine.families import Dims, make_family
 from napari_dkan.engine.trainer import MODEL_FILE, FitResult, TrainEvent, TrainSettings, fit
@@ -148,6 +149,9 @@ def train_model(
     hold-outs); with ``spec.protocol == "paper"`` they are the test sections, and every output
     says so.  ``base`` fine-tunes from a trained model with the same panel and network.
     """
+    if spec.model == "ridge" and distributed.current().active:
+        raise DataError("ridge regression has no training loop to spread over processes; "
+                        "train it without --distributed / torchrun")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = [data[n] for n in train_names]
@@ -181,14 +185,19 @@ def train_model(
     }
     if base is not None:
         config["fine_tuned_from"] = str(base.run_dir)
+    main = distributed.current().is_main  # under torchrun, rank 0 alone writes the run's files
     text_arr = None
     if gene_text is not None:
         text_arr = np.asarray(gene_text.matrix, dtype=np.float32)
-        digest = ckpt.save_tensors(run_dir / TEXT_FILE, {"gene_text": text_arr},
-                                   metadata={"genes": json.dumps(list(panel))})
+        if main:
+            ckpt.save_tensors(run_dir / TEXT_FILE, {"gene_text": text_arr},
+                              metadata={"genes": json.dumps(list(panel))})
+        distributed.barrier()  # every rank fingerprints the run with the digest of that file
+        digest = ckpt.sha256(run_dir / TEXT_FILE)
         config["text"] = {"encoder": gene_text.encoder, "pooling": gene_text.pooling,
                           "provenance": gene_text.provenance, "sha256": digest}
-    ckpt.write_json(run_dir / CONFIG_FILE, config)
+    if main:
+        ckpt.write_json(run_dir / CONFIG_FILE, config)
 
     if spec.model == "ridge":
         from napari_dkan.engine.ridge import fit_ridge
@@ -215,7 +224,9 @@ def train_model(
                   result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                           "best_val_pcc": result.best_val_pcc, "resumed_from": result.resumed_from,
                           "history": result.history})
-    ckpt.write_json(run_dir / CONFIG_FILE, config)
+    if main:
+        ckpt.write_json(run_dir / CONFIG_FILE, config)
+    distributed.barrier()  # the other ranks load the run rank 0 has just finished writing
     if result.best_sha256 is None:
         raise DataError(f"training in {run_dir} was cancelled before its first epoch ended; "
                         "nothing was saved")

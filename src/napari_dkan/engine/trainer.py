@@ -11,6 +11,14 @@ uninterrupted run would.  After every epoch the last weights and optimizer state
 (``model.safetensors``) — all atomically.  A cancel request is honoured after the current step:
 the epoch in progress is dropped, the best checkpoint is kept, and a later call resumes.
 The engine never prints: it reports :class:`TrainEvent` through a callback.
+
+Under ``torchrun`` (a process group joined with :mod:`napari_dkan.engine.distributed`) the
+same loop trains with DistributedDataParallel: ``batch_size`` is per process, so the global
+batch is ``world_size × batch_size``; each rank takes its shard of the shared epoch permutation;
+rank 0 validates and decides on early stopping, broadcasts the decision, and alone writes the
+checkpoints (unwrapped weights: a run resumes under any number of processes, or none).
+Augmentation and dropout are drawn per rank (rank 0 keeps the single-process streams), while the
+contrastive gene subset stays shared, as it would be for one global batch.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 
 from napari_dkan.engine import checkpoint as ckpt
+from napari_dkan.engine import distributed as dist
 from napari_dkan.engine.data import SectionData
 from napari_dkan.engine.families import DKANFamily, Dims, NH2STFamily, SpotStore, predict_store
 from napari_dkan.engine.metrics import pearson_per_gene
@@ -114,20 +123,27 @@ def fit(
     resume: bool = True,
     init_weights: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train ``family`` on ``train``, selecting on ``val``; checkpoints go to ``run_dir``."""
+    """Train ``family`` on ``train``, selecting on ``val``; checkpoints go to ``run_dir``.
+
+    In a process group of several ranks (``torchrun``), every rank calls this with the same
+    arguments; see the module docstring for what is shared and what is per rank.
+    """
     from napari_dkan.devices import autocast, resolve_device
 
+    ctx = dist.current()
+    rank, world = ctx.rank, ctx.world_size
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(settings.device)
+    device = ctx.device if ctx.active else resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    model = family.build(dims).to(device)
+    net = dist.prepare_module(family.build(dims).to(device))
     if init_weights is not None:
-        model.load_state_dict(init_weights)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        net.load_state_dict(init_weights)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.step_size, gamma=settings.gamma)
     text = None if gene_text is None else torch.as_tensor(gene_text, dtype=torch.float32, device=device)
     train_store = SpotStore(train, device)
-    val_store = SpotStore(val, device) if val else None
+    has_val = bool(val)
+    val_store = SpotStore(val, device) if has_val and ctx.is_main else None  # only rank 0 validates
     fingerprint = fingerprint or {}
 
     start, history, best, best_epoch, bad, best_sha = 0, [], -math.inf, None, 0, None
@@ -140,7 +156,7 @@ def fit(
                 "choose another output folder, or delete it to start over"
             )
         tensors = ckpt.load_tensors(run_dir / LAST_FILE, state.get("last_sha256"))
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         opt.load_state_dict(ckpt.join_optimizer_state(tensors, state["optimizer"]))
         sched.load_state_dict(state["scheduler"])
         start, history = int(state["epoch"]), list(state["history"])
@@ -151,47 +167,61 @@ def fit(
     resumed_from = start
 
     n = len(train_store)
-    steps = max(1, math.ceil(n / settings.batch_size))
+    steps = max(1, math.ceil(n / (settings.batch_size * world)))
+    model = net
+    if ctx.active:
+        model = dist.wrap(net, _has_unused_parameters(family, net, train_store, text, settings, device))
     status = "finished"
     epoch = start
     for epoch in range(start, settings.epochs):
-        torch.manual_seed(settings.seed * 1000 + epoch)  # dropout of this epoch
+        torch.manual_seed(settings.seed * 1000 + epoch + rank * dist.RANK_SEED_STRIDE)  # dropout
         gen = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
-        perm = torch.randperm(n, generator=gen)
+        perm = dist.rank_shard(torch.randperm(n, generator=gen), rank, world)
+        augment = gen
+        if ctx.active:  # flips of this rank's spots; ``gen`` (contrastive genes) stays shared
+            augment = torch.Generator().manual_seed(settings.seed * 7919 + epoch + rank * dist.RANK_SEED_STRIDE)
         model.train()
         t0, losses, logs = time.perf_counter(), [], {}
         for step in range(steps):
             idx = perm[step * settings.batch_size : (step + 1) * settings.batch_size]
-            inputs = family.inputs(train_store, idx, gen if settings.augment else None)
+            inputs = family.inputs(train_store, idx, augment if settings.augment else None)
             with autocast(device) if settings.mixed_precision else _null():
                 loss, logs = family.loss(model, inputs, text, settings.contrastive_genes, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(dist.mean_over_ranks(float(loss.detach())))
             _emit(on_event, TrainEvent("step", epoch + 1, settings.epochs, step + 1, steps, losses[-1],
                                        best_pcc=_finite(best), best_epoch=best_epoch, logs=logs))
-            if cancel is not None and cancel.is_set():
+            if dist.any_rank(cancel is not None and cancel.is_set()):  # all ranks stop at one step
                 status = "cancelled"
                 break
         if status == "cancelled":
             break
         sched.step()
-        val_pcc = validation_pcc(family, model, val_store, text) if val_store is not None else float("nan")
-        improved = (val_store is None) or (np.isfinite(val_pcc) and val_pcc > best)
+        val_pcc = float("nan")
+        if val_store is not None:
+            val_pcc = validation_pcc(family, net, val_store, text)
+        improved = (not has_val) or (np.isfinite(val_pcc) and val_pcc > best)
+        done = has_val and (0 if improved else bad + 1) >= settings.patience
+        val_pcc, improved, done = dist.broadcast_decision(val_pcc, improved, done)  # rank 0's
         if improved:
-            best, best_epoch, bad = (val_pcc if val_store is not None else -math.inf), epoch + 1, 0
-            best_sha = ckpt.save_tensors(run_dir / MODEL_FILE, model.state_dict())
+            best, best_epoch, bad = (val_pcc if has_val else -math.inf), epoch + 1, 0
+            if ctx.is_main:
+                best_sha = ckpt.save_tensors(run_dir / MODEL_FILE, net.state_dict())
         else:
             bad += 1
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_pcc": _finite(val_pcc),
                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3),
                   **{k: v for k, v in logs.items() if k.startswith("w_")}}
+        if ctx.active:
+            record["world_size"] = world
         history.append(record)
-        done = bad >= settings.patience and val_store is not None
         status = "early-stopped" if done else ("finished" if epoch + 1 == settings.epochs else "running")
-        _save_state(run_dir, model, opt, sched, epoch + 1, history, best, best_epoch, bad, status,
-                    fingerprint, best_sha)
+        if ctx.is_main:
+            _save_state(run_dir, net, opt, sched, epoch + 1, history, best, best_epoch, bad, status,
+                        fingerprint, best_sha)
+        dist.barrier()  # the epoch's checkpoints are on disk before any rank goes on
         _emit(on_event, TrainEvent("epoch", epoch + 1, settings.epochs, steps, steps, record["train_loss"],
                                    _finite(val_pcc), _finite(best), best_epoch, logs=record))
         if done:
@@ -199,7 +229,24 @@ def fit(
     if status == "running":
         status = "finished"
     epochs_run = len(history)
+    best_sha = dist.broadcast_digest(best_sha)
     return FitResult(status, epochs_run, best_epoch, _finite(best), history, resumed_from, best_sha)
+
+
+def _has_unused_parameters(family: DKANFamily | NH2STFamily, net: torch.nn.Module, store: SpotStore,
+                           text: torch.Tensor | None, settings: TrainSettings, device: torch.device) -> bool:
+    """Whether a training step leaves a trainable parameter without gradient, on any rank."""
+    from napari_dkan.devices import autocast
+
+    idx = torch.arange(min(settings.batch_size, len(store)))
+    probe = torch.Generator().manual_seed(settings.seed)
+
+    def step() -> torch.Tensor:
+        net.train()
+        with autocast(device) if settings.mixed_precision else _null():
+            return family.loss(net, family.inputs(store, idx, None), text, settings.contrastive_genes, probe)[0]
+
+    return dist.any_rank(bool(dist.unused_parameters(net, step)))
 
 
 def _save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int,

@@ -73,16 +73,22 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume_alon
     panel = (panels_dir / "her2st.txt").read_text().split()[:12]
     (tmp_path / "panel.txt").write_text("\n".join(panel) + "\n")
     # C3 + C4: 364 spots, even, so the last step splits evenly too (no padded duplicate).
-    # Comparable trajectories need the same randomness: TRIPLEX (no InfoNCE, whose negatives
-    # are the rank's own batch), the tiny preset (no dropout) and no augmentation (drawn per
-    # rank under DDP).  What is left, the global batch of each step, is the same by design.
+    # Comparable trajectories need the same randomness: the tiny preset (no dropout) and no
+    # augmentation (drawn per rank under DDP); the contrastive genes come from the shared
+    # generator.  What is left, the global batch of each step, is the same by design.
     same = {"model": "triplex", "panel": panel, "train": ["C3", "C4"], "val": ["C2"], "epochs": 2,
             "augment": False, "her2st": str(her2st)}
     ref_losses: list[float] = []
     ref = train_case({**same, "batch_size": 32, "run_dir": str(tmp_path / "single")},
                      on_event=lambda e: ref_losses.append(e.loss) if e.phase == "step" else None)
+    # DKAN too: every rank scores InfoNCE over the gathered global batch
+    dkan = {**same, "model": "dkan"}
+    dkan_losses: list[float] = []
+    train_case({**dkan, "batch_size": 32, "run_dir": str(tmp_path / "dkan-single")},
+               on_event=lambda e: dkan_losses.append(e.loss) if e.phase == "step" else None)
     cases = [
         {**same, "batch_size": 16, "run_dir": str(tmp_path / "ddp")},
+        {**dkan, "batch_size": 16, "run_dir": str(tmp_path / "dkan-ddp")},
         # DKAN with augmentation; rank 1 alone is asked to stop at epoch 2, step 2
         {**same, "model": "dkan", "augment": True, "batch_size": 16, "run_dir": str(tmp_path / "cancelled"),
          "cancel_rank": 1, "cancel_at": [2, 2]},
@@ -124,13 +130,16 @@ def test_two_gloo_processes_follow_the_single_process_trajectory_and_resume_alon
     np.testing.assert_allclose(ddp.predict(data, device="cpu"), single.predict(data, device="cpu"),
                                atol=1e-5)  # measured: ~1e-6 on predictions of magnitude ~1
 
+    dkan_seen = json.loads((tmp_path / "dkan-ddp" / "seen.json").read_text())
+    np.testing.assert_allclose(dkan_seen["losses"], dkan_losses, rtol=1e-4)
+
     # the cancel request on rank 1 stopped both ranks after the same step; rank 0 kept epoch 1
     cancelled = json.loads((tmp_path / "cancelled" / "seen.json").read_text())
     assert cancelled["status"] == "cancelled" and cancelled["result"]["epochs_run"] == 1
     assert len(cancelled["losses"]) == 12 + 2
     assert not list((tmp_path / "cancelled").glob(".*.tmp"))
     # ... and one process resumes the 2-process run from its last epoch
-    resumed = train_case({**cases[1], "cancel_rank": None})
+    resumed = train_case({**cases[2], "cancel_rank": None})
     res = resumed.config["result"]
     assert resumed.config["status"] == "finished" and res["resumed_from"] == 1 and res["epochs_run"] == 2
     assert [h.get("world_size", 1) for h in res["history"]] == [2, 1]

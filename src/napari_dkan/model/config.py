@@ -127,11 +127,11 @@ PRESETS: dict[str, DKANConfig] = {
         align_image=_B(1, 4, 2, 0.2), align_expr=_B(1, 4, 2, 0.2), text=_B(1, 4, 2, 0.2),
         tau=0.1, patch_input=PatchInput.TOKENS, name="compact",
     ),
-    # for tests: the smallest network that exercises every part
+    # for tests: the smallest network that exercises every part, without dropout (deterministic)
     "tiny": DKANConfig(
         d=32, fusion=_B(1, 2, 2, 0.0), slide=_B(2, 2, 2, 0.0), region=_B(1, 2, 2, 0.0),
         align_image=_B(1, 2, 2, 0.0), align_expr=_B(1, 2, 2, 0.0), text=_B(1, 2, 2, 0.0),
-        tau=0.1, patch_input=PatchInput.TOKENS, name="tiny",
+        tau=0.1, expr_dropout=0.0, patch_input=PatchInput.TOKENS, name="tiny",
     ),
 }
 

@@ -99,6 +99,33 @@ def adaptive_weights(sup: Tensor | float, cont: Tensor | float) -> tuple[float, 
     return c / (c + 3 * s), 3 * s / (c + 3 * s)
 
 
+def _data_parallel() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _across_ranks(x: Tensor) -> Tensor:
+    """``x`` of every data-parallel rank stacked along the batch (with gradient); ``x`` alone
+    outside data parallelism.  Ranks hold equal batches (the engine's sharding pads them)."""
+    if not _data_parallel():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def _rank_mean(x: Tensor) -> float:
+    """The mean of a detached scalar over ranks (the global batch's loss, for the weights)."""
+    value = x.detach().float().reshape(1).clone()
+    if _data_parallel():
+        import torch.distributed as dist
+
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value)
+
+
 @dataclass
 class LossTerms:
     total: Tensor
@@ -120,7 +147,9 @@ def dkan_loss(out, y: Tensor, alpha: float, tau: float, detach_distillation: boo
     if out.e_te is None or out.e_ti is None:
         return LossTerms(sup, float(sup.detach()), None, 1.0, 0.0)
     e_ti = out.e_ti if out.contrastive_genes is None else out.e_ti[:, out.contrastive_genes]
-    cont = info_nce(e_ti, out.e_te, tau)
-    w_sup, w_cont = adaptive_weights(sup, cont) if adaptive else (1.0, 1.0)
+    # Under data parallelism every rank scores the global batch, so its negatives are those of
+    # one process with the global batch (the gather passes gradients back to each rank's part).
+    cont = info_nce(_across_ranks(e_ti), _across_ranks(out.e_te), tau)
+    w_sup, w_cont = adaptive_weights(_rank_mean(sup), cont) if adaptive else (1.0, 1.0)
     total = w_sup * sup + w_cont * cont
     return LossTerms(total, float(sup.detach()), float(cont.detach()), w_sup, w_cont)

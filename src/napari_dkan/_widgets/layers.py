@@ -1,0 +1,234 @@
+"""napari layers for a :class:`~napari_dkan._widgets.session.SpotSession`, updated in place.
+
+Three Points layers, at most one of each role: ``measured``, ``predicted`` and ``residual``
+(predicted − measured).  Each spans every spot of the section (data in level-0 pixels, scaled
+like the slide layer) with one feature column per gene; spots without a value are hidden with
+``shown``, so switching gene, scope or model changes properties and never adds layers.
+Predicted and measured share colormap and contrast limits (napari does not sync Points colour
+settings between layers, so it is done here); the residual uses a diverging colormap with
+symmetric limits.  Side-by-side view uses napari's grid with stride 2: each overlay is paired
+with a slide layer (a twin sharing the slide's pyramid for all but the first), so every
+panel shows its spots over the tissue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_dkan._widgets.session import RESIDUAL_COLORMAP, SpotSession
+from napari_dkan._widgets.sources import META_KEY
+from napari_dkan._widgets.expression import spot_features
+from napari_dkan._widgets.spots_layer import SpotsLayer
+
+MEASURED, PREDICTED, RESIDUAL, TWIN = "measured", "predicted", "residual", "slide twin"
+ROLES = (MEASURED, PREDICTED, RESIDUAL)
+
+
+def role_of(layer: Any) -> str | None:
+    return (getattr(layer, "metadata", None) or {}).get(META_KEY, {}).get("role")
+
+
+class LayerBuilder:
+    """Creates and updates the session's layers in ``viewer``."""
+
+    def __init__(self, viewer: Any, session: SpotSession, slide_layer: Any) -> None:
+        self.viewer = viewer
+        self.session = session
+        self.slide_layer = slide_layer
+        self.show_residual = False
+        self.grid = False
+        self._layers: dict[str, SpotsLayer] = {}
+        self._twins: list[Any] = []
+        session.measured_changed.connect(self._on_values)
+        session.predicted_changed.connect(self._on_values)
+        session.gene_changed.connect(self.recolor)
+        session.display_changed.connect(self.recolor)
+
+    def close(self) -> None:
+        """Stop following the session (its layers stay in the viewer)."""
+        for sig in (self.session.measured_changed, self.session.predicted_changed):
+            sig.disconnect(self._on_values)
+        self.session.gene_changed.disconnect(self.recolor)
+        self.session.display_changed.disconnect(self.recolor)
+
+    # -- layers --------------------------------------------------------------------------------
+    def layer(self, role: str) -> SpotsLayer | None:
+        layer = self._layers.get(role)
+        if layer is not None and layer not in self.viewer.layers:  # the user deleted it
+            del self._layers[role]
+            return None
+        return layer
+
+    def _values(self, role: str) -> np.ndarray | None:
+        s = self.session
+        if role == RESIDUAL:
+            if s.predicted is None or s.measured is None:
+                return None
+            return s.predicted.full(s.n_spots) - s.measured.full(s.n_spots)
+        expr = s.measured if role == MEASURED else s.predicted
+        return None if expr is None else expr.full(s.n_spots)
+
+    def _on_values(self) -> None:
+        for role in ROLES:
+            self._update(role)
+        self.recolor()
+        if self.grid:
+            self.set_grid(True)
+
+    def _update(self, role: str) -> None:
+        values = self._values(role)
+        layer = self.layer(role)
+        if values is None:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+                del self._layers[role]
+            return
+        features = spot_features(self.session.section.spots.spot_id, self.session.genes, values)
+        if layer is None:
+            layer = self._adopt_or_add(role, features)
+        else:
+            layer.features = features
+        layer.metadata[META_KEY] = self._metadata(role)
+        if role == RESIDUAL:
+            layer.visible = self.show_residual
+
+    def _metadata(self, role: str) -> dict[str, Any]:
+        s = self.session
+        meta: dict[str, Any] = {"role": role, "source": s.source.to_metadata(), "gene": s.gene}
+        expr = s.measured if role == MEASURED else s.predicted
+        if expr is not None:
+            meta["space"] = expr.space
+        if s.model is not None and role != MEASURED:
+            meta["model"] = str(s.model.run_dir)
+        return meta
+
+    def _adopt_or_add(self, role: str, features: Any) -> SpotsLayer:
+        """A new layer, taking the place of a reader-made layer of the same section and role."""
+        spots = self.session.section.spots
+        mpp_scale, translate, units = self._pixel_frame()
+        diameter = spots.diameter_px or spots.diameter_um / float(self.session.section.mpp)
+        layer = SpotsLayer(
+            np.column_stack([spots.y, spots.x]), features=features, size=diameter,
+            scale=mpp_scale, translate=translate, units=units, border_width=0,
+            opacity=0.9 if role != RESIDUAL else 1.0,
+            name=f"{self.session.section.name} · {role}", metadata={META_KEY: self._metadata(role)},
+        )
+        old = self._reader_layer(role)
+        if old is not None:
+            index = self.viewer.layers.index(old)
+            layer.name = old.name
+            self.viewer.layers.remove(old)
+            self.viewer.layers.insert(index, layer)
+        else:
+            self.viewer.add_layer(layer)
+        self._layers[role] = layer
+        return layer
+
+    def _reader_layer(self, role: str) -> Any:
+        wanted = self.session.source.to_metadata()
+        for layer in self.viewer.layers:
+            meta = (layer.metadata or {}).get(META_KEY, {})
+            if meta.get("role") == role and meta.get("source") == wanted and not isinstance(layer, SpotsLayer):
+                return layer
+        return None
+
+    def _pixel_frame(self) -> tuple[tuple[float, float], tuple[float, float], Any]:
+        """Scale, translate and units that put level-0 pixels where the slide layer draws them."""
+        slide = self.slide_layer
+        meta = (slide.metadata or {}).get(META_KEY, {})
+        scale = tuple(meta.get("pixel_scale") or tuple(slide.scale[-2:]))
+        return scale, tuple(slide.translate[-2:]), tuple(slide.units[-2:])
+
+    # -- colours -------------------------------------------------------------------------------
+    def recolor(self, *_: Any) -> None:
+        s = self.session
+        gene = s.gene
+        if gene is None:
+            return
+        limits = s.contrast_limits()
+        for role in ROLES:
+            layer = self.layer(role)
+            if layer is None or gene not in layer.features:
+                continue
+            values = layer.features[gene].to_numpy()
+            layer.metadata[META_KEY]["gene"] = gene
+            layer.shown = np.isfinite(values)
+            layer.face_color = gene
+            if role == RESIDUAL:
+                layer.face_colormap = RESIDUAL_COLORMAP
+                layer.face_contrast_limits = s.residual_limits()
+            else:
+                layer.face_colormap = s.display.colormap
+                layer.face_contrast_limits = limits
+            layer.refresh_colors(update_color_mapping=False)
+        self._update_colorbars()
+
+    def _update_colorbars(self) -> None:
+        """One colorbar for the shared scale (predicted, else measured), one for the residual."""
+        shared = self.layer(PREDICTED) or self.layer(MEASURED)
+        for role in ROLES:
+            layer = self.layer(role)
+            if layer is None:
+                continue
+            show = layer is shared or (role == RESIDUAL and layer.visible)
+            layer.face_colorbar.visible = show
+
+    def set_residual_visible(self, visible: bool) -> None:
+        self.show_residual = visible
+        layer = self.layer(RESIDUAL)
+        if layer is not None:
+            layer.visible = visible
+        self._update_colorbars()
+        if self.grid:
+            self.set_grid(True)
+
+    # -- side by side --------------------------------------------------------------------------
+    def set_grid(self, enabled: bool) -> int:
+        """Show each visible overlay in its own panel over the slide; returns the panel count."""
+        self.grid = enabled
+        grid = self.viewer.canvas.grid
+        overlays = [lyr for lyr in (self.layer(MEASURED), self.layer(PREDICTED), self.layer(RESIDUAL))
+                    if lyr is not None and lyr.visible]
+        if not enabled or len(overlays) < 2:
+            self._drop_twins(0)
+            was_on = grid.enabled
+            grid.enabled = False
+            grid.stride = 1
+            if was_on:
+                self.viewer.reset_view()  # the grid's zoom fits a panel, not the canvas
+            return 1
+        self._drop_twins(len(overlays) - 1)
+        while len(self._twins) < len(overlays) - 1:
+            self._twins.append(self._add_twin())
+        slides = [self.slide_layer, *self._twins]
+        order = [layer for pair in zip(slides, overlays) for layer in pair]
+        rest = [layer for layer in self.viewer.layers if layer not in order]
+        for position, layer in enumerate(order + rest):
+            current = self.viewer.layers.index(layer)
+            if current != position:
+                self.viewer.layers.move(current, position)
+        for twin, overlay in zip(self._twins, overlays[1:]):
+            twin.name = f"{self.slide_layer.name} [{role_of(overlay)}]"
+        grid.stride = 2
+        grid.shape = (1, len(overlays))
+        grid.enabled = True
+        self.viewer.reset_view()
+        return len(overlays)
+
+    def _add_twin(self) -> Any:
+        from napari.layers import Image
+
+        slide = self.slide_layer
+        twin = Image(slide.data, rgb=slide.rgb, multiscale=slide.multiscale, scale=slide.scale,
+                     translate=slide.translate, units=slide.units, name=f"{slide.name} [twin]",
+                     metadata={META_KEY: {"role": TWIN}})
+        self.viewer.add_layer(twin)
+        return twin
+
+    def _drop_twins(self, keep: int) -> None:
+        while len(self._twins) > max(keep, 0):
+            twin = self._twins.pop()
+            if twin in self.viewer.layers:
+                self.viewer.layers.remove(twin)

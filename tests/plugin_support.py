@@ -17,7 +17,7 @@ def tiny_panel(panels_dir: Path) -> list[str]:
     return genes[:PANEL_SIZE]
 
 
-def tiny_run(her2st_dataset, panels_dir: Path, base: Path) -> Path:  # noqa: ANN001
+def tiny_run(her2st_dataset, panels_dir: Path, base: Path) -> Path:
     """A tiny DKAN trained on C3 (validation = training: a test model, not a result).
 
     On the random ``tiny`` encoder's features it learns little beyond each gene's level, but

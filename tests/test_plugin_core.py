@@ -77,7 +77,7 @@ def test_reader_opens_visium_with_its_low_resolution_image(visium_dir):
     from napari_dkan._reader import read_dataset
 
     layers = read_dataset(str(visium_dir))
-    (image, img_meta, _), (coords, pts_meta, _) = layers
+    (_, img_meta, _), (coords, pts_meta, _) = layers
     mpp = pts_meta["scale"][0]
     # the hires PNG is scaled so that its pixels land under the full-resolution spots
     import json

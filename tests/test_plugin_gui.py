@@ -146,6 +146,21 @@ def test_predict_then_switch_genes_recolours_in_place(qtbot, viewer, dock, run_d
     assert "Pearson r" in dock.scores.text() and f"{session.n_spots} spots" in dock.scores.text()
 
 
+def test_gene_picker_searches_the_panel_as_you_type(qtbot, dock, run_dir):
+    from qtpy.QtCore import Qt
+
+    _ready(qtbot, dock, run_dir)
+    picker = dock.genes
+    picker.completer.setCompletionPrefix("rbb")  # matches anywhere in the name
+    assert picker.completer.completionCount() == 1 and picker.completer.currentCompletion() == "ERBB2"
+    picker.edit.clear()
+    qtbot.keyClicks(picker.edit, "erbb2")
+    qtbot.keyClick(picker.edit, Qt.Key.Key_Return)
+    assert dock.session.gene == "ERBB2"
+    picker.next.click()
+    assert dock.session.gene == dock.session.genes[dock.session.genes.index("ERBB2") + 1]
+
+
 def test_hover_shows_spot_id_and_current_gene_value(qtbot, viewer, dock, run_dir):
     _ready(qtbot, dock, run_dir)
     session = dock.session
@@ -255,14 +270,18 @@ def test_export_from_the_dock_and_the_napari_writer(qtbot, viewer, dock, run_dir
     import napari
     import pandas as pd
 
+    from napari.utils.notifications import notification_manager
+
     _ready(qtbot, dock, run_dir)
     session = dock.session
     path = dock.export(tmp_path / "c2.h5ad")
+    assert str(path) in notification_manager.records[-1].message  # the user is told where
     adata = anndata.read_h5ad(path)
     assert adata.n_obs == session.n_spots and list(adata.var_names) == list(session.genes)
     assert np.allclose(adata.X, session.predicted.values)
     assert "measured" in adata.layers and adata.uns["napari_dkan"]["section"] == "C2"
     written = napari.save_layers(str(tmp_path / "layer.csv"), [viewer.layers["C2 · predicted"]],
                                  plugin="napari-dkan")
+    assert written and str(tmp_path / "layer.csv") in notification_manager.records[-1].message
     frame = pd.read_csv(written[0], index_col=0)
     assert len(frame) == session.n_spots and list(frame.columns[2:]) == list(session.genes)

@@ -23,8 +23,9 @@ model's panel and smoothing, so predicted and measured compare like with like.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from napari_dkan._widgets.sources import SectionSource
@@ -190,9 +191,8 @@ def measured_layer(section: Section, source: SectionSource) -> LayerData:
     """Measured expression as Points: one feature column per gene of the section's panel."""
     import numpy as np
 
-    from napari_dkan._widgets.expression import measured_expression, reader_panel
+    from napari_dkan._widgets.expression import measured_expression, reader_panel, spot_features
     from napari_dkan._widgets.session import percentile_limits
-    from napari_dkan._widgets.expression import spot_features
 
     spots = section.spots
     expr = measured_expression(section, reader_panel(section), smoothing=False)

@@ -9,10 +9,7 @@ User-facing problems (:class:`~napari_dkan.io.errors.DataError`) become napari n
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,16 +35,14 @@ from napari_dkan._widgets.controls import DisplayControls, GenePicker, ModelChoo
 from napari_dkan._widgets.export import write_predictions
 from napari_dkan._widgets.expression import SPOT_ID, Expression
 from napari_dkan._widgets.layers import MEASURED, LayerBuilder, role_of
+from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.scope import Scope, visible_box
 from napari_dkan._widgets.session import Display, SpotSession
 from napari_dkan._widgets.sources import META_KEY, source_of_layer
 from napari_dkan.io.errors import DataError
-from napari_dkan.progress import Cancelled
 
 if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
-
-log = logging.getLogger(__name__)
 
 
 class PredictionDock(QWidget):
@@ -60,15 +55,12 @@ class PredictionDock(QWidget):
         self.session: SpotSession | None = None
         self.builder: LayerBuilder | None = None
         self.model: TrainedModel | None = None
-        self.worker: Any = None
-        self._what = ""
-        self._failed = self._settled = False
-        self._cancel = threading.Event()
         self._build_ui()
+        self.runner = JobRunner(self.progress, self.status, self.predict_button, self.cancel_button)
         self._connect()
         self._refresh_slides()
-        self._start(jobs.available_devices_steps(), self.models.set_devices, "checking devices",
-                    quiet=True)
+        self.runner.start(jobs.available_devices_steps(), self.models.set_devices, "checking devices",
+                          quiet=True)
         from napari_dkan.bundled import default_model_path
 
         bundled = default_model_path()
@@ -88,7 +80,7 @@ class PredictionDock(QWidget):
         self._scopes.addButton(self.scope_fov)
         self._scopes.addButton(self.scope_all)
         self.predict_button = QPushButton("Predict")
-        self.cancel_button = QPushButton("Cancel", enabled=False)
+        self.cancel_button = QPushButton("Cancel")
         self.progress = QProgressBar(textVisible=True)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -115,7 +107,6 @@ class PredictionDock(QWidget):
         self.models.model_chosen.connect(self.choose_model)
         self.models.device_chosen.connect(lambda _: self._show_in_use())
         self.predict_button.clicked.connect(lambda: self.predict())
-        self.cancel_button.clicked.connect(self.cancel)
         self.genes.gene_chosen.connect(self.set_gene)
         self.display.display_changed.connect(self._display_changed)
         self.display.residual_toggled.connect(self._residual_toggled)
@@ -201,7 +192,7 @@ class PredictionDock(QWidget):
         if isinstance(model, str):
             self.models.add_model(Path(model).name or model, model, select=True)
         steps = jobs.load_model_steps(model, section, self.models.device.currentText())
-        self._start(steps, self._model_loaded, "loading the model")
+        self.runner.start(steps, self._model_loaded, "loading the model")
 
     def _model_loaded(self, loaded: jobs.LoadedModel) -> None:
         self.model = loaded.model
@@ -242,9 +233,9 @@ class PredictionDock(QWidget):
         except DataError as exc:
             show_error(str(exc))
             return None
-        self._cancel = threading.Event()
-        return self._start(jobs.predict_steps(request, self._cancel, self.cache),
-                           self._predicted, "predicting")
+        cancel = threading.Event()
+        return self.runner.start(jobs.predict_steps(request, cancel, self.cache), self._predicted,
+                                 "predicting", cancel=cancel)
 
     def _request(self) -> jobs.PredictRequest:
         if self.session is None or self.builder is None:
@@ -266,13 +257,8 @@ class PredictionDock(QWidget):
         self._show_in_use(result.device)
 
     def cancel(self) -> None:
-        """Ask the running job to stop; the dock is free again within a fraction of a second.
-
-        Only the job's own event is set: the step generator notices it within 50 ms and ends
-        with :class:`Cancelled`.  (``worker.quit()`` would make the worker drop that ending,
-        and napari's activity panel uses it; :meth:`_on_finished` covers that case.)
-        """
-        self._cancel.set()
+        """Stop the running prediction (see :meth:`JobRunner.cancel`)."""
+        self.runner.cancel()
 
     # -- comparison ----------------------------------------------------------------------------
     def set_gene(self, gene: str) -> None:
@@ -345,90 +331,11 @@ class PredictionDock(QWidget):
     # -- jobs ----------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self.worker is not None
+        return self.runner.busy
 
-    def _start(self, steps: Generator, on_return: Callable[[Any], None], what: str,
-               quiet: bool = False) -> Any:
-        from napari.qt.threading import create_worker
-
-        if self.busy and not quiet:
-            show_warning(f"wait for {self._what} to finish, or cancel it")
-            steps.close()
-            return None
-        worker = create_worker(_drive, steps, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_error(what, result.error)
-                                if isinstance(result, _Failure) else self._settle(on_return, result))
-        if not quiet:
-            self._failed = False
-            self._settled = False
-            worker.finished.connect(self._on_finished)
-            self.worker, self._what = worker, what
-            self.predict_button.setEnabled(False)
-            self.cancel_button.setEnabled(True)
-            self.progress.setRange(0, 0)
-            self.status.setText(f"{what}…")
-        worker.start()
-        return worker
-
-    def _settle(self, on_return: Callable[[Any], None], result: Any) -> None:
-        self._settled = True
-        on_return(result)
-
-    def _on_progress(self, step: jobs.Progress) -> None:
-        if self._cancel.is_set():
-            return  # reports still in the queue when the user cancelled
-        if step.total > 0:
-            self.progress.setRange(0, step.total)
-            self.progress.setValue(step.done)
-            self.progress.setFormat(f"{step.stage} %v/%m {step.unit}".rstrip())
-        else:
-            self.progress.setRange(0, 0)
-        self.status.setText(step.text)
-
-    def _on_error(self, what: str, exc: BaseException) -> None:
-        self._failed = self._settled = True
-        if isinstance(exc, Cancelled):
-            self.status.setText(f"{what}: cancelled")
-        elif isinstance(exc, DataError):
-            self.status.setText(f"{what} failed")
-            show_error(str(exc))
-        else:
-            log.error("%s failed", what, exc_info=exc)
-            self.status.setText(f"{what} failed: {exc}")
-            show_error(f"{what} failed: {exc}")
-
-    def _on_finished(self) -> None:
-        if not self._settled:  # aborted from napari's activity panel: no result, no error
-            self._on_error(self._what, Cancelled())
-        self.worker = None
-        self.predict_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0 if self._failed else 1)
-        self.progress.setFormat("stopped" if self._failed else "done")
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-        self.cancel()
+    def closeEvent(self, event: Any) -> None:
+        self.runner.cancel()
         super().closeEvent(event)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-def _drive(steps: Generator) -> Generator:
-    """Run a step generator inside the worker (create_worker wants a generator function).
-
-    Errors come back as a :class:`_Failure` result instead of through the worker's ``errored``
-    signal: napari 0.9.2's ``create_worker`` connects a status handler to ``errored`` that does
-    not accept the exception argument and itself raises in the event loop.
-    """
-    try:
-        return (yield from steps)
-    except Exception as exc:  # noqa: BLE001 - every failure is shown to the user by _on_error
-        return _Failure(exc)
 
 
 def _group(title: str, *items: Any) -> QGroupBox:

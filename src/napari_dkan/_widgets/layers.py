@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_dkan._widgets.expression import spot_features
 from napari_dkan._widgets.session import RESIDUAL_COLORMAP, SpotSession
 from napari_dkan._widgets.sources import META_KEY
-from napari_dkan._widgets.expression import spot_features
 from napari_dkan._widgets.spots_layer import SpotsLayer
 
 MEASURED, PREDICTED, RESIDUAL, TWIN = "measured", "predicted", "residual", "slide twin"

@@ -176,7 +176,7 @@ class SpotSession:
         return GeneScores(self.gene, r, float(np.abs(p - m).mean()), int(both.sum()))
 
     # -- export ----------------------------------------------------------------------------
-    def to_anndata(self):  # noqa: ANN201 - anndata.AnnData, imported lazily
+    def to_anndata(self):
         """The prediction as the engine writes it, with measured values in ``layers``."""
         from napari_dkan.engine.predict import to_anndata
 

@@ -161,8 +161,7 @@ class PredictionDock(QWidget):
         self.session = session
         self.builder = LayerBuilder(self.viewer, session, slide_layer)
         session.gene_changed.connect(self._gene_changed)
-        session.predicted_changed.connect(self._show_scores)
-        session.measured_changed.connect(self._show_scores)
+        session.values_changed.connect(self._show_scores)
         session.display_changed.connect(self._show_scores)
         kind = "spots from the dataset" if source.section else "a lattice over the detected tissue"
         self.section_info.setText(f"{source.label}: {kind}")
@@ -186,13 +185,13 @@ class PredictionDock(QWidget):
                 return
 
     # -- model ---------------------------------------------------------------------------------
-    def choose_model(self, model: str | TrainedModel) -> None:
-        """Load a run (off the GUI thread) with the section's measured values in its panel."""
+    def choose_model(self, model: str | TrainedModel) -> Any:
+        """Load a run (off the GUI thread) and ready the section for it; returns the worker."""
         section = None if self.session is None else self.session.section
         if isinstance(model, str):
             self.models.add_model(Path(model).name or model, model, select=True)
         steps = jobs.load_model_steps(model, section, self.models.device.currentText())
-        self.runner.start(steps, self._model_loaded, "loading the model")
+        return self.runner.start(steps, self._model_loaded, "loading the model")
 
     def _model_loaded(self, loaded: jobs.LoadedModel) -> None:
         self.model = loaded.model
@@ -205,6 +204,7 @@ class PredictionDock(QWidget):
         self._show_in_use(loaded.device)
         if self.session is not None:
             self.session.set_model(loaded.model, loaded.measured)
+        self.status.setText(f"model ready: {len(loaded.model.panel)} genes")
 
     def _show_in_use(self, device: str | None = None) -> None:
         name = self.models.device.currentText()

@@ -106,16 +106,30 @@ def describe_device(name: str) -> str:
 
 def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
                      device: str = "auto") -> Generator[Progress, None, LoadedModel]:
-    """Load a trained run (or take a loaded one) and the section's measured values in its panel."""
+    """Load a trained run (or take a loaded one) and get the section ready for it.
+
+    Besides the model, this reads the section's spots (a slide alone detects its tissue here)
+    and its measured values in the model's panel, and builds the model's image encoder once:
+    a missing weight file is reported now rather than mid-prediction, and the modules a
+    prediction needs (torch, timm, ...) are imported here.  Imports hold the GIL for long
+    stretches (PySide6's import hook even reads each new module's source), so importing them
+    during a prediction would freeze napari's GUI for up to half a second.
+    """
     from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.features import load_encoder
 
     if not isinstance(model, TrainedModel):
         yield Progress("loading model", 0, 0)
         model = TrainedModel.load(model)
     measured = None
-    if section is not None and section.has_counts:
-        yield Progress("reading measured expression", 0, 0)
-        measured = measured_expression(section, model.panel, smoothing=model.smoothing)
+    if section is not None:
+        yield Progress("finding spots", 0, 0)
+        _ = section.spots
+        if section.has_counts:
+            yield Progress("reading measured expression", 0, 0)
+            measured = measured_expression(section, model.panel, smoothing=model.smoothing)
+    yield Progress("checking the image encoder", 0, 0)
+    load_encoder(model.features.encoder, "cpu")
     return LoadedModel(model, measured, describe_device(device))
 
 

@@ -41,15 +41,13 @@ class LayerBuilder:
         self.grid = False
         self._layers: dict[str, SpotsLayer] = {}
         self._twins: list[Any] = []
-        session.measured_changed.connect(self._on_values)
-        session.predicted_changed.connect(self._on_values)
+        session.values_changed.connect(self._on_values)
         session.gene_changed.connect(self.recolor)
         session.display_changed.connect(self.recolor)
 
     def close(self) -> None:
         """Stop following the session (its layers stay in the viewer)."""
-        for sig in (self.session.measured_changed, self.session.predicted_changed):
-            sig.disconnect(self._on_values)
+        self.session.values_changed.disconnect(self._on_values)
         self.session.gene_changed.disconnect(self.recolor)
         self.session.display_changed.disconnect(self.recolor)
 
@@ -62,13 +60,24 @@ class LayerBuilder:
         return layer
 
     def _values(self, role: str) -> np.ndarray | None:
+        """Values over every spot, or None when the role's layer should not exist.
+
+        The predicted layer exists as soon as there is a model, all spots hidden until a
+        prediction arrives: napari builds a layer's controls and visuals in ~0.3 s on the GUI
+        thread, which belongs to choosing a model, not to the end of a prediction.  The
+        residual layer is built the first time it is shown.
+        """
         s = self.session
-        if role == RESIDUAL:
-            if s.predicted is None or s.measured is None:
+        n = s.n_spots
+        if role == PREDICTED:
+            if s.model is None:
                 return None
-            return s.predicted.full(s.n_spots) - s.measured.full(s.n_spots)
-        expr = s.measured if role == MEASURED else s.predicted
-        return None if expr is None else expr.full(s.n_spots)
+            return s.predicted.full(n) if s.predicted is not None else np.full((n, len(s.genes)), np.nan)
+        if role == RESIDUAL:
+            if s.predicted is None or s.measured is None or not (self.show_residual or self.layer(RESIDUAL)):
+                return None
+            return s.predicted.full(n) - s.measured.full(n)
+        return None if s.measured is None else s.measured.full(n)
 
     def _on_values(self) -> None:
         for role in ROLES:
@@ -178,6 +187,10 @@ class LayerBuilder:
     def set_residual_visible(self, visible: bool) -> None:
         self.show_residual = visible
         layer = self.layer(RESIDUAL)
+        if layer is None and visible:
+            self._update(RESIDUAL)
+            self.recolor()
+            layer = self.layer(RESIDUAL)
         if layer is not None:
             layer.visible = visible
         self._update_colorbars()

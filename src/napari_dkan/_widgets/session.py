@@ -54,8 +54,8 @@ class SpotSession:
     """One section shown in napari, with whatever is known about its expression."""
 
     model_changed = Signal()
-    measured_changed = Signal()
-    predicted_changed = Signal()
+    #: measured or predicted values changed (one signal, so a new model redraws once)
+    values_changed = Signal()
     gene_changed = Signal(str)
     display_changed = Signal()
 
@@ -89,22 +89,23 @@ class SpotSession:
         self.model = model
         self.predicted = None
         self.measured = measured
-        self.model_changed.emit()
-        self.measured_changed.emit()
-        self.predicted_changed.emit()
         self._keep_gene()
+        self.model_changed.emit()
+        self.values_changed.emit()
+        self.gene_changed.emit(self.gene or "")
 
     def set_measured(self, measured: Expression | None) -> None:
         self.measured = measured
-        self.measured_changed.emit()
-        self._keep_gene()
+        changed = self._keep_gene()
+        self.values_changed.emit()
+        if changed:
+            self.gene_changed.emit(self.gene or "")
 
     def set_prediction(self, predicted: Expression) -> None:
         if self.model is None or predicted.genes != tuple(self.model.panel):
             raise ValueError("a prediction must come from the session's model")
         self.predicted = predicted
-        self.predicted_changed.emit()
-        self._keep_gene()
+        self.values_changed.emit()
 
     def set_gene(self, gene: str) -> None:
         gene = self.resolve_gene(gene)
@@ -128,11 +129,13 @@ class SpotSession:
             self.display = new
             self.display_changed.emit()
 
-    def _keep_gene(self) -> None:
+    def _keep_gene(self) -> bool:
+        """Keep the current gene if the panel has it, else take the panel's first (→ changed)."""
         genes = self.genes
-        if self.gene not in genes:
-            self.gene = genes[0] if genes else None
-            self.gene_changed.emit(self.gene or "")
+        if self.gene in genes:
+            return False
+        self.gene = genes[0] if genes else None
+        return True
 
     # -- values for the current gene -------------------------------------------------------
     def gene_values(self, which: Expression | None, gene: str | None = None) -> np.ndarray:

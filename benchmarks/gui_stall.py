@@ -15,6 +15,7 @@ tests.  Target (issue 6): longest stall under 200 ms.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -28,14 +29,13 @@ DATA = Path(os.environ.get("NAPARI_DKAN_SHARED", ROOT.parent / "shared")) / "dat
 
 def train_tiny(run_dir: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
-    from plugin_support import tiny_run
-
     from napari_dkan.io import open_dataset
+    from plugin_support import tiny_run
 
     return tiny_run(open_dataset(DATA / "her2st"), DATA / "gene_panels", run_dir)
 
 
-def measure(action, interval_ms: int, timeout_s: float, status) -> dict:  # noqa: ANN001
+def measure(action, interval_ms: int, timeout_s: float, status) -> dict:
     """Tick a timer while ``action()`` (which starts a dock job and returns its worker) runs."""
     from qtpy.QtCore import QEventLoop, QTimer
 
@@ -59,7 +59,7 @@ def measure(action, interval_ms: int, timeout_s: float, status) -> dict:  # noqa
         time.sleep(0.005)
     timer.stop()
     seconds = time.perf_counter() - t0
-    gaps = [(b - a) * 1000 for a, b in zip(ticks, ticks[1:])]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
     gaps.sort()
     return {
         "seconds": round(seconds, 2),

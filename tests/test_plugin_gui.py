@@ -269,7 +269,6 @@ def test_export_from_the_dock_and_the_napari_writer(qtbot, viewer, dock, run_dir
     import anndata
     import napari
     import pandas as pd
-
     from napari.utils.notifications import notification_manager
 
     _ready(qtbot, dock, run_dir)

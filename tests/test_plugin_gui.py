@@ -34,9 +34,13 @@ def viewer():
 
 @pytest.fixture(scope="module")
 def dock(viewer, her2st):
-    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
-    # through napari's plugin manager, as a user's Plugins menu does
+    # through napari's plugin manager, as a user's Plugins menu does; the dock first, then the
+    # data, so the dock must notice the reader's layers as they arrive
     _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
     return widget
 
 
@@ -104,7 +108,12 @@ def test_manifest_provides_reader_widget_and_writer(dock, her2st):
 
 
 def test_open_c2_adopts_measured_layer_and_lists_its_genes(viewer, dock):
+    from napari.utils.notifications import notification_manager
+
     from napari_dkan._widgets.spots_layer import SpotsLayer
+
+    assert dock.predict() is None  # no model yet: refused with a message, not an exception
+    assert "choose a model first" in notification_manager.records[-1].message
 
     names = [layer.name for layer in viewer.layers]
     assert names[:2] == ["C2 · slide", "C2 · measured"]
@@ -189,9 +198,12 @@ def test_residual_and_side_by_side_grid(qtbot, viewer, dock, run_dir):
     for layer in viewer.layers:
         layer.visible = layer.name != "C2 · residual"
     n_layers = len(viewer.layers)
+    viewer.layers.selection.active = viewer.layers["C2 · predicted"]
     dock.display.grid.setChecked(True)  # the one click
     assert viewer.canvas.grid.enabled
     assert viewer.canvas.grid.actual_shape(viewer.layers) == (1, 2)
+    assert viewer.layers["C2 · predicted"].name_overlay.visible  # each panel names its layer
+    assert viewer.layers.selection.active is viewer.layers["C2 · predicted"]
     shot = _shot(viewer)
     half = shot.shape[1] // 2
     left, right = shot[:, :half], shot[:, half:]
@@ -199,6 +211,7 @@ def test_residual_and_side_by_side_grid(qtbot, viewer, dock, run_dir):
         assert (panel.std(axis=-1) > 20).mean() > 0.005, "a panel shows no coloured spots"
     dock.display.grid.setChecked(False)
     assert not viewer.canvas.grid.enabled and len(viewer.layers) == n_layers  # twins removed
+    assert not viewer.layers["C2 · measured"].name_overlay.visible
 
 
 def test_field_of_view_predicts_only_visible_spots(qtbot, viewer, dock, run_dir):
@@ -260,9 +273,11 @@ def test_cancel_stops_within_a_second_and_leaves_the_viewer_usable(qtbot, viewer
     # still usable: another gene, then a full prediction
     dock.set_gene(dock.session.genes[4])
     assert viewer.layers["C2 · predicted"].metadata["napari_dkan"]["gene"] == dock.session.genes[4]
+    measured_features = viewer.layers["C2 · measured"].features
     dock.predict()
     _wait(qtbot, dock)
     assert dock.session.predicted is not before and len(dock.session.predicted) == dock.session.n_spots
+    assert viewer.layers["C2 · measured"].features is measured_features  # not rebuilt for nothing
 
 
 def test_export_from_the_dock_and_the_napari_writer(qtbot, viewer, dock, run_dir, tmp_path):
@@ -284,3 +299,30 @@ def test_export_from_the_dock_and_the_napari_writer(qtbot, viewer, dock, run_dir
     assert written and str(tmp_path / "layer.csv") in notification_manager.records[-1].message
     frame = pd.read_csv(written[0], index_col=0)
     assert len(frame) == session.n_spots and list(frame.columns[2:]) == list(session.genes)
+
+
+def test_a_slide_without_spots_is_predicted_on_a_tissue_lattice(qtbot, viewer, dock, run_dir, wsi_dir):
+    """Last in the module: it moves the dock to another slide."""
+    from napari_dkan.io.lattice import lattice_spots
+    from napari_dkan.io.slides import open_slide
+
+    _ready(qtbot, dock, run_dir)
+    path = wsi_dir / "CMU-1-Small-Region.svs"
+    viewer.open(str(path), plugin="napari-dkan")
+    qtbot.waitUntil(lambda: dock.slide.count() == 2, timeout=WAIT_MS)
+    dock.slide.setCurrentIndex(1)  # as the user picks it in the dock
+    assert dock.session.section.name == path.stem and dock.session.source.section is None
+    _wait(qtbot, dock)  # the model readies the new section: its lattice, no measured values
+    assert dock.session.measured is None
+    dock.predict()
+    _wait(qtbot, dock)
+    with open_slide(path) as slide:
+        expected = lattice_spots(slide)
+    predicted = dock.session.predicted
+    assert len(predicted) == len(expected) > 20
+    layer = viewer.layers[f"{path.stem} · predicted"]
+    # Visium-like 55 µm spots on the slide's own µm scale
+    assert layer.size[0] * layer.scale[-1] == pytest.approx(55.0)
+    assert np.allclose(layer.data, np.column_stack([expected.y, expected.x]))
+    assert f"{path.stem} · measured" not in [lyr.name for lyr in viewer.layers]
+    assert "Pearson r and MAE appear" in dock.scores.text()

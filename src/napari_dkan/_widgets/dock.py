@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -114,14 +115,31 @@ class PredictionDock(QWidget):
         self.export_h5ad.clicked.connect(lambda: self._export_dialog(".h5ad"))
         self.export_csv.clicked.connect(lambda: self._export_dialog(".csv"))
         events = self.viewer.layers.events
-        events.inserted.connect(self._refresh_slides)
-        events.removed.connect(self._refresh_slides)
+        events.inserted.connect(self._layers_changed)
+        events.removed.connect(self._layers_changed)
+        # a single-shot timer owned by the dock: it dies with it, so no late call reaches a
+        # deleted widget; and the viewer stops calling us when the dock goes
+        self._sync_timer = QTimer(self, singleShot=True, interval=0)
+        self._sync_timer.timeout.connect(self._sync_with_layers)
+        handler = self._layers_changed
+        self.destroyed.connect(lambda *_: (events.inserted.disconnect(handler),
+                                           events.removed.disconnect(handler)))
 
     # -- slide and session ---------------------------------------------------------------------
     def _slide_layers(self) -> list[Any]:
         return [layer for layer in self.viewer.layers
                 if isinstance(layer, napari.layers.Image) and role_of(layer) in ("slide", None)
                 and source_of_layer(layer) is not None]
+
+    def _layers_changed(self, *_: Any) -> None:
+        # after napari has finished inserting or removing: adopting a layer changes the list
+        self._sync_timer.start()
+
+    def _sync_with_layers(self) -> None:
+        self._refresh_slides()
+        session = self.session
+        if session is not None and self.model is None and session.measured is None:
+            self._adopt_reader_measured(session)  # the reader added it after the slide
 
     def _refresh_slides(self, *_: Any) -> None:
         layers = self._slide_layers()

@@ -40,6 +40,7 @@ class LayerBuilder:
         self.show_residual = False
         self.grid = False
         self._layers: dict[str, SpotsLayer] = {}
+        self._made_from: dict[str, tuple] = {}
         self._twins: list[Any] = []
         session.values_changed.connect(self._on_values)
         session.gene_changed.connect(self.recolor)
@@ -84,16 +85,28 @@ class LayerBuilder:
             self._update(role)
         self.recolor()
         if self.grid:
-            self.set_grid(True)
+            self.set_grid(True, fit=False)  # a panel may have come or gone; keep the user's view
+
+    def _inputs(self, role: str) -> tuple:
+        """What a role's values are made of: unchanged inputs, unchanged layer."""
+        s = self.session
+        # the model fixes the panel; without one the panel is the measured values' own
+        return (s.model, s.measured if role != PREDICTED else None,
+                s.predicted if role != MEASURED else None)
 
     def _update(self, role: str) -> None:
-        values = self._values(role)
         layer = self.layer(role)
+        inputs = self._inputs(role)
+        seen = self._made_from.get(role)
+        if layer is not None and seen is not None and all(a is b for a, b in zip(inputs, seen)):
+            return  # e.g. the measured layer when a prediction arrives: 250 columns not rebuilt
+        values = self._values(role)
         if values is None:
             if layer is not None:
                 self.viewer.layers.remove(layer)
                 del self._layers[role]
             return
+        self._made_from[role] = inputs
         features = spot_features(self.session.section.spots.spot_id, self.session.genes, values)
         if layer is None:
             layer = self._adopt_or_add(role, features)
@@ -195,26 +208,39 @@ class LayerBuilder:
             layer.visible = visible
         self._update_colorbars()
         if self.grid:
-            self.set_grid(True)
+            self.set_grid(True, fit=False)
 
     # -- side by side --------------------------------------------------------------------------
-    def set_grid(self, enabled: bool) -> int:
-        """Show each visible overlay in its own panel over the slide; returns the panel count."""
+    def set_grid(self, enabled: bool, fit: bool = True) -> int:
+        """Show each visible overlay in its own panel over the slide; returns the panel count.
+
+        ``fit`` zooms onto the spots afterwards (a panel is smaller than the whole canvas).
+        """
         self.grid = enabled
         grid = self.viewer.canvas.grid
         overlays = [lyr for lyr in (self.layer(MEASURED), self.layer(PREDICTED), self.layer(RESIDUAL))
                     if lyr is not None and lyr.visible]
+        for role in ROLES:  # each panel says what it shows
+            layer = self.layer(role)
+            if layer is not None:
+                layer.name_overlay.visible = enabled
         if not enabled or len(overlays) < 2:
             self._drop_twins(0)
             was_on = grid.enabled
             grid.enabled = False
             grid.stride = 1
-            if was_on:
-                self.viewer.reset_view()  # the grid's zoom fits a panel, not the canvas
+            if was_on and fit:
+                self.fit_to_spots()  # the grid's zoom fitted a panel, not the canvas
             return 1
+        selected = set(self.viewer.layers.selection)
+        active = self.viewer.layers.selection.active
         self._drop_twins(len(overlays) - 1)
         while len(self._twins) < len(overlays) - 1:
             self._twins.append(self._add_twin())
+        # adding a layer selects it; the user's selection (and layer controls) stay as they were
+        self.viewer.layers.selection = {lyr for lyr in selected if lyr in self.viewer.layers}
+        if active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
         slides = [self.slide_layer, *self._twins]
         order = [layer for pair in zip(slides, overlays) for layer in pair]
         rest = [layer for layer in self.viewer.layers if layer not in order]
@@ -227,8 +253,23 @@ class LayerBuilder:
         grid.stride = 2
         grid.shape = (1, len(overlays))
         grid.enabled = True
-        self.viewer.reset_view()
+        if fit:
+            self.fit_to_spots()
         return len(overlays)
+
+    def fit_to_spots(self, margin: float = 0.05) -> None:
+        """Centre the camera on the section's spots (the tissue) and zoom so they fill a panel."""
+        layer = self.layer(MEASURED) or self.layer(PREDICTED)
+        if layer is None or len(layer.data) == 0:
+            self.viewer.reset_view()
+            return
+        world = np.array([layer.data_to_world(p)[-2:] for p in (layer.data.min(0), layer.data.max(0))])
+        lo, hi = world.min(axis=0), world.max(axis=0)
+        lo, hi = lo - layer.size.max() * layer.scale[-2:], hi + layer.size.max() * layer.scale[-2:]
+        camera = self.viewer.scene.camera
+        camera.center = tuple((lo + hi) / 2)
+        panel = np.asarray(self.viewer.canvas.viewbox_size(self.viewer.layers), dtype=float)
+        camera.zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
 
     def _add_twin(self) -> Any:
         from napari.layers import Image

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_DKAN_SHARED", ROOT.parent / "shared")) / "data"
 
 
-def wait_for(dock, app) -> None:  # noqa: ANN001
+def wait_for(dock, app) -> None:
     while dock.busy:
         app.processEvents()
         time.sleep(0.01)
@@ -43,9 +43,8 @@ def main() -> None:
     run_dir = args.model
     if run_dir is None:
         sys.path.insert(0, str(ROOT / "tests"))
-        from plugin_support import tiny_run
-
         from napari_dkan.io import open_dataset
+        from plugin_support import tiny_run
 
         run_dir = tiny_run(open_dataset(DATA / "her2st"), DATA / "gene_panels",
                            Path(tempfile.mkdtemp(prefix="dock-shot-")))

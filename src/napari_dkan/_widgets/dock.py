@@ -9,6 +9,7 @@ User-facing problems (:class:`~napari_dkan.io.errors.DataError`) become napari n
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +214,10 @@ class PredictionDock(QWidget):
 
     def _model_loaded(self, loaded: jobs.LoadedModel) -> None:
         self.model = loaded.model
+        section = None if self.session is None else self.session.section
+        if loaded.section is not section:  # the user changed slides while it loaded
+            QTimer.singleShot(0, lambda: self.choose_model(loaded.model))  # once this job ends
+            return
         info = loaded.model.describe()
         self.models.info.setText(
             f"{info['model']}{' ' + info['preset'] if info.get('preset') else ''} · "
@@ -227,8 +232,6 @@ class PredictionDock(QWidget):
     def _show_in_use(self, device: str | None = None) -> None:
         name = self.models.device.currentText()
         if device is None:
-            import sys
-
             if "torch" not in sys.modules:  # describing a device imports torch: not here
                 device = name
             else:
@@ -267,8 +270,9 @@ class PredictionDock(QWidget):
                                    self.models.device.currentText())
 
     def _predicted(self, result: jobs.PredictResult) -> None:
-        if self.session is None or self.model is None or result.expression.genes != tuple(self.model.panel):
-            return  # the model or slide changed while it ran
+        s = self.session
+        if s is None or result.section is not s.section or result.model is not s.model:
+            return  # the slide or the model changed while it ran
         self.session.set_prediction(result.expression)
         how = "from the cache" if result.cached else f"in {result.seconds:.1f} s"
         self.status.setText(f"predicted {len(result.expression)} spots {how}")

@@ -93,7 +93,9 @@ def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[
 @dataclass(frozen=True)
 class LoadedModel:
     model: TrainedModel
-    #: the section's measured values in the model's panel and target space (None: no counts)
+    #: the section it was readied for (None: no slide yet)
+    section: Section | None
+    #: that section's measured values in the model's panel and target space (None: no counts)
     measured: Expression | None
     device: str
 
@@ -130,7 +132,7 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
             measured = measured_expression(section, model.panel, smoothing=model.smoothing)
     yield Progress("checking the image encoder", 0, 0)
     load_encoder(model.features.encoder, "cpu")
-    return LoadedModel(model, measured, describe_device(device))
+    return LoadedModel(model, section, measured, describe_device(device))
 
 
 def available_devices_steps() -> Generator[Progress, None, list[str]]:
@@ -153,6 +155,8 @@ class PredictRequest:
 
 @dataclass(frozen=True)
 class PredictResult:
+    model: TrainedModel
+    section: Section
     expression: Expression
     cached: bool
     seconds: float
@@ -192,7 +196,7 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
 
     index, values, cached, device = yield from stepwise(work, cancel)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
-    return PredictResult(expression, cached, time.perf_counter() - t0, device)
+    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device)
 
 
 def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:

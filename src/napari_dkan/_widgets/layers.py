@@ -75,7 +75,8 @@ class LayerBuilder:
                 return None
             return s.predicted.full(n) if s.predicted is not None else np.full((n, len(s.genes)), np.nan)
         if role == RESIDUAL:
-            if s.predicted is None or s.measured is None or not (self.show_residual or self.layer(RESIDUAL)):
+            wanted = self.show_residual or self.layer(RESIDUAL) is not None
+            if s.predicted is None or s.measured is None or not wanted:
                 return None
             return s.predicted.full(n) - s.measured.full(n)
         return None if s.measured is None else s.measured.full(n)

@@ -35,7 +35,7 @@ def train_tiny(run_dir: Path) -> Path:
     return tiny_run(open_dataset(DATA / "her2st"), DATA / "gene_panels", run_dir)
 
 
-def measure(action, busy, interval_ms: int, timeout_s: float, status) -> dict:  # noqa: ANN001
+def measure(action, busy, interval_ms: int, timeout_s: float, status) -> dict:
     """Tick a timer while ``action()`` (which starts a dock job) runs, until ``busy()`` is False."""
     from qtpy.QtCore import QEventLoop, QTimer
 

@@ -302,7 +302,7 @@ def test_export_from_the_dock_and_the_napari_writer(qtbot, viewer, dock, run_dir
 
 
 def test_a_slide_without_spots_is_predicted_on_a_tissue_lattice(qtbot, viewer, dock, run_dir, wsi_dir):
-    """Last in the module: it moves the dock to another slide."""
+    """Near the end of the module: it moves the dock to another slide."""
     from napari_dkan.io.lattice import lattice_spots
     from napari_dkan.io.slides import open_slide
 
@@ -326,3 +326,19 @@ def test_a_slide_without_spots_is_predicted_on_a_tissue_lattice(qtbot, viewer, d
     assert np.allclose(layer.data, np.column_stack([expected.y, expected.x]))
     assert f"{path.stem} · measured" not in [lyr.name for lyr in viewer.layers]
     assert "Pearson r and MAE appear" in dock.scores.text()
+
+
+def test_the_bundled_model_is_offered_and_loaded_when_present(qtbot, run_dir, monkeypatch):
+    import napari
+
+    from napari_dkan import bundled
+
+    monkeypatch.setattr(bundled, "default_model_path", lambda: run_dir)
+    other = napari.Viewer(show=False)
+    try:
+        _, dock = other.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+        assert dock.models.model.currentText() == f"bundled: {run_dir.name}"
+        _wait(qtbot, dock)
+        assert dock.model is not None and "12 genes" in dock.models.info.text()
+    finally:
+        other.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,9 @@ def test_npe2_discovers_the_plugin_and_its_contributions():
     mf = pm.get_manifest("napari-dkan")
     assert mf.contributions.readers, "the reader contribution is missing"
     commands = {c.id for c in mf.contributions.commands}
-    assert "napari-dkan.get_reader" in commands
+    assert {"napari-dkan.get_reader", "napari-dkan.prediction_dock", "napari-dkan.write_points"} <= commands
+    assert [w.command for w in mf.contributions.widgets] == ["napari-dkan.prediction_dock"]
+    assert [w.command for w in mf.contributions.writers] == ["napari-dkan.write_points"]
 
 
 def test_npe2_validate_passes():
@@ -33,6 +36,21 @@ def test_plugin_modules_import_no_heavy_backend():
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_widget_and_writer_modules_import_no_torch_or_slide_backend():
+    """Opening the dock or listing writers must not load torch, timm, transformers or OpenSlide.
+
+    Qt and napari are fine here: napari has loaded them before it imports these modules.
+    """
+    code = (
+        "import sys, napari_dkan._writer, napari_dkan._widgets.dock, napari_dkan._widgets.export\n"
+        "heavy = [m for m in ('torch', 'timm', 'transformers', 'openslide') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == ""
 
 

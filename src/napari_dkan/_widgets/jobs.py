@@ -1,0 +1,210 @@
+"""Long work for the dock, written as generators that yield progress and return a result.
+
+napari's ``thread_worker`` runs them off the GUI thread; tests iterate them directly.  The
+engine reports progress through callbacks from inside one long call, so :func:`stepwise` runs
+that call on a helper thread and relays its reports through a queue: the generator can then
+yield each report as it arrives and notice a cancel request within :data:`POLL_S`, without
+waiting for the engine to reach its next cancellation check.  The engine still stops at that
+check (it is given the same :class:`threading.Event`), and a result that arrives after the
+request is thrown away.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from napari_dkan._widgets.cache import PREDICTIONS, PredictionCache, PredictionKey
+from napari_dkan._widgets.expression import Expression, measured_expression, target_space
+from napari_dkan._widgets.scope import PixelBox, spots_in_box
+from napari_dkan.progress import Cancelled
+
+if TYPE_CHECKING:
+    from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.io.dataset import Section
+
+T = TypeVar("T")
+POLL_S = 0.05
+Report = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` units of one stage (``total`` 0: not known yet)."""
+
+    stage: str
+    done: int
+    total: int
+    unit: str = ""
+
+    @property
+    def text(self) -> str:
+        if self.total <= 0:
+            return f"{self.stage}…"
+        return f"{self.stage}: {self.done}/{self.total} {self.unit}".rstrip()
+
+
+#: the unit each engine stage counts
+UNITS = {"features": "tiles", "predicting": "spots"}
+
+
+def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[Progress, None, T]:
+    """Run ``work(report)`` on a helper thread, yielding its reports; return its result."""
+    reports: queue.SimpleQueue[Progress | None] = queue.SimpleQueue()
+    box: dict[str, Any] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        reports.put(Progress(stage, int(done), int(total), UNITS.get(stage, "")))
+
+    def target() -> None:
+        try:
+            box["result"] = work(report)
+        except BaseException as exc:  # noqa: BLE001 - handed to the generator, which re-raises
+            box["error"] = exc
+        finally:
+            reports.put(None)
+
+    threading.Thread(target=target, name="napari-dkan-job", daemon=True).start()
+    while True:
+        if cancel.is_set():
+            raise Cancelled("prediction cancelled")
+        try:
+            item = reports.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+        if item is None:
+            break
+        yield item
+    if cancel.is_set():
+        raise Cancelled("prediction cancelled")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+# -- model ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedModel:
+    model: TrainedModel
+    #: the section it was readied for (None: no slide yet)
+    section: Section | None
+    #: that section's measured values in the model's panel and target space (None: no counts)
+    measured: Expression | None
+    device: str
+
+
+def describe_device(name: str) -> str:
+    from napari_dkan.devices import describe, resolve_device
+
+    return describe(resolve_device(name))
+
+
+def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
+                     device: str = "auto") -> Generator[Progress, None, LoadedModel]:
+    """Load a trained run (or take a loaded one) and get the section ready for it.
+
+    Besides the model, this reads the section's spots (a slide alone detects its tissue here)
+    and its measured values in the model's panel, and builds the model's image encoder once:
+    a missing weight file is reported now rather than mid-prediction, and the modules a
+    prediction needs (torch, timm, ...) are imported here.  Imports hold the GIL for long
+    stretches (PySide6's import hook even reads each new module's source), so importing them
+    during a prediction would freeze napari's GUI for up to half a second.
+    """
+    from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.features import load_encoder
+
+    if not isinstance(model, TrainedModel):
+        yield Progress("loading model", 0, 0)
+        model = TrainedModel.load(model)
+    measured = None
+    if section is not None:
+        yield Progress("finding spots", 0, 0)
+        _ = section.spots
+        if section.has_counts:
+            yield Progress("reading measured expression", 0, 0)
+            measured = measured_expression(section, model.panel, smoothing=model.smoothing)
+    yield Progress("checking the image encoder", 0, 0)
+    load_encoder(model.features.encoder, "cpu")
+    return LoadedModel(model, section, measured, describe_device(device))
+
+
+def available_devices_steps() -> Generator[Progress, None, list[str]]:
+    """The devices that work here (imports torch, hence off the GUI thread)."""
+    from napari_dkan.devices import available_devices
+
+    yield Progress("checking devices", 0, 0)
+    return available_devices()
+
+
+# -- prediction -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictRequest:
+    model: TrainedModel
+    section: Section
+    #: the field of view in level-0 pixels; None predicts every spot
+    box: PixelBox | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    model: TrainedModel
+    section: Section
+    expression: Expression
+    cached: bool
+    seconds: float
+    device: str
+
+
+def predict_steps(request: PredictRequest, cancel: threading.Event,
+                  cache: PredictionCache = PREDICTIONS) -> Generator[Progress, None, PredictResult]:
+    """Predict the request's spots with the engine, through the prediction cache."""
+    from napari_dkan.features import with_spots
+
+    t0 = time.perf_counter()
+    model, section = request.model, request.section
+    yield Progress("finding spots", 0, 0)  # a slide alone detects its tissue here
+
+    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str]:
+        spots = section.spots
+        if request.box is None:
+            index, subset = np.arange(len(spots)), section
+        else:
+            index = spots_in_box(spots, request.box)
+            subset = with_spots(section, index)
+        key = PredictionKey.of(model, subset)
+        hit = cache.get(key)
+        device = describe_device(request.device)
+        if hit is not None:
+            report("predicting", len(index), len(index))
+            return index, hit, True, device
+        data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device,
+                                  progress=lambda d, t: report("features", d, t))
+        values = model.predict(data, device=request.device, cancel=cancel,
+                               progress=lambda d, t: report("predicting", d, t))
+        if cancel.is_set():  # finished between two checks: the user no longer wants it
+            raise Cancelled("prediction cancelled")
+        cache.put(key, values)
+        return index, values, False, device
+
+    index, values, cached, device = yield from stepwise(work, cancel)
+    expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
+    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device)
+
+
+def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:
+    """Drive a step generator on this thread (scripts and tests); returns its result."""
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(item)

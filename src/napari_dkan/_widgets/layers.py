@@ -1,0 +1,289 @@
+"""napari layers for a :class:`~napari_dkan._widgets.session.SpotSession`, updated in place.
+
+Three Points layers, at most one of each role: ``measured``, ``predicted`` and ``residual``
+(predicted − measured).  Each spans every spot of the section (data in level-0 pixels, scaled
+like the slide layer) with one feature column per gene; spots without a value are hidden with
+``shown``, so switching gene, scope or model changes properties and never adds layers.
+Predicted and measured share colormap and contrast limits (napari does not sync Points colour
+settings between layers, so it is done here); the residual uses a diverging colormap with
+symmetric limits.  Side-by-side view uses napari's grid with stride 2: each overlay is paired
+with a slide layer (a twin sharing the slide's pyramid for all but the first), so every
+panel shows its spots over the tissue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_dkan._widgets.expression import spot_features
+from napari_dkan._widgets.session import RESIDUAL_COLORMAP, SpotSession
+from napari_dkan._widgets.sources import META_KEY
+from napari_dkan._widgets.spots_layer import SpotsLayer
+
+MEASURED, PREDICTED, RESIDUAL, TWIN = "measured", "predicted", "residual", "slide twin"
+ROLES = (MEASURED, PREDICTED, RESIDUAL)
+
+
+def role_of(layer: Any) -> str | None:
+    return (getattr(layer, "metadata", None) or {}).get(META_KEY, {}).get("role")
+
+
+class LayerBuilder:
+    """Creates and updates the session's layers in ``viewer``."""
+
+    def __init__(self, viewer: Any, session: SpotSession, slide_layer: Any) -> None:
+        self.viewer = viewer
+        self.session = session
+        self.slide_layer = slide_layer
+        self.show_residual = False
+        self.grid = False
+        self._layers: dict[str, SpotsLayer] = {}
+        self._made_from: dict[str, tuple] = {}
+        self._twins: list[Any] = []
+        session.values_changed.connect(self._on_values)
+        session.gene_changed.connect(self.recolor)
+        session.display_changed.connect(self.recolor)
+
+    def close(self) -> None:
+        """Stop following the session (its layers stay in the viewer)."""
+        self.session.values_changed.disconnect(self._on_values)
+        self.session.gene_changed.disconnect(self.recolor)
+        self.session.display_changed.disconnect(self.recolor)
+
+    # -- layers --------------------------------------------------------------------------------
+    def layer(self, role: str) -> SpotsLayer | None:
+        layer = self._layers.get(role)
+        if layer is not None and layer not in self.viewer.layers:  # the user deleted it
+            del self._layers[role]
+            return None
+        return layer
+
+    def _values(self, role: str) -> np.ndarray | None:
+        """Values over every spot, or None when the role's layer should not exist.
+
+        The predicted layer exists as soon as there is a model, all spots hidden until a
+        prediction arrives: napari builds a layer's controls and visuals in ~0.3 s on the GUI
+        thread, which belongs to choosing a model, not to the end of a prediction.  The
+        residual layer is built the first time it is shown.
+        """
+        s = self.session
+        n = s.n_spots
+        if role == PREDICTED:
+            if s.model is None:
+                return None
+            return s.predicted.full(n) if s.predicted is not None else np.full((n, len(s.genes)), np.nan)
+        if role == RESIDUAL:
+            wanted = self.show_residual or self.layer(RESIDUAL) is not None
+            if s.predicted is None or s.measured is None or not wanted:
+                return None
+            return s.predicted.full(n) - s.measured.full(n)
+        return None if s.measured is None else s.measured.full(n)
+
+    def _on_values(self) -> None:
+        for role in ROLES:
+            self._update(role)
+        self.recolor()
+        if self.grid:
+            self.set_grid(True, fit=False)  # a panel may have come or gone; keep the user's view
+
+    def _inputs(self, role: str) -> tuple:
+        """What a role's values are made of: unchanged inputs, unchanged layer."""
+        s = self.session
+        # the model fixes the panel; without one the panel is the measured values' own
+        return (s.model, s.measured if role != PREDICTED else None,
+                s.predicted if role != MEASURED else None)
+
+    def _update(self, role: str) -> None:
+        layer = self.layer(role)
+        inputs = self._inputs(role)
+        seen = self._made_from.get(role)
+        if layer is not None and seen is not None and all(a is b for a, b in zip(inputs, seen)):
+            return  # e.g. the measured layer when a prediction arrives: 250 columns not rebuilt
+        values = self._values(role)
+        if values is None:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+                del self._layers[role]
+            return
+        self._made_from[role] = inputs
+        features = spot_features(self.session.section.spots.spot_id, self.session.genes, values)
+        if layer is None:
+            layer = self._adopt_or_add(role, features)
+        else:
+            layer.features = features
+        layer.metadata[META_KEY] = self._metadata(role)
+        if role == RESIDUAL:
+            layer.visible = self.show_residual
+
+    def _metadata(self, role: str) -> dict[str, Any]:
+        s = self.session
+        meta: dict[str, Any] = {"role": role, "source": s.source.to_metadata(), "gene": s.gene}
+        expr = s.measured if role == MEASURED else s.predicted
+        if expr is not None:
+            meta["space"] = expr.space
+        if s.model is not None and role != MEASURED:
+            meta["model"] = str(s.model.run_dir)
+        return meta
+
+    def _adopt_or_add(self, role: str, features: Any) -> SpotsLayer:
+        """A new layer, taking the place of a reader-made layer of the same section and role."""
+        spots = self.session.section.spots
+        mpp_scale, translate, units = self._pixel_frame()
+        diameter = spots.diameter_px or spots.diameter_um / float(self.session.section.mpp)
+        layer = SpotsLayer(
+            np.column_stack([spots.y, spots.x]), features=features, size=diameter,
+            scale=mpp_scale, translate=translate, units=units, border_width=0,
+            opacity=0.9 if role != RESIDUAL else 1.0,
+            name=f"{self.session.section.name} · {role}", metadata={META_KEY: self._metadata(role)},
+        )
+        old = self._reader_layer(role)
+        if old is not None:
+            index = self.viewer.layers.index(old)
+            layer.name = old.name
+            self.viewer.layers.remove(old)
+            self.viewer.layers.insert(index, layer)
+        else:
+            self.viewer.add_layer(layer)
+        self._layers[role] = layer
+        return layer
+
+    def _reader_layer(self, role: str) -> Any:
+        wanted = self.session.source.to_metadata()
+        for layer in self.viewer.layers:
+            meta = (layer.metadata or {}).get(META_KEY, {})
+            if meta.get("role") == role and meta.get("source") == wanted and not isinstance(layer, SpotsLayer):
+                return layer
+        return None
+
+    def _pixel_frame(self) -> tuple[tuple[float, float], tuple[float, float], Any]:
+        """Scale, translate and units that put level-0 pixels where the slide layer draws them."""
+        slide = self.slide_layer
+        meta = (slide.metadata or {}).get(META_KEY, {})
+        scale = tuple(meta.get("pixel_scale") or tuple(slide.scale[-2:]))
+        return scale, tuple(slide.translate[-2:]), tuple(slide.units[-2:])
+
+    # -- colours -------------------------------------------------------------------------------
+    def recolor(self, *_: Any) -> None:
+        s = self.session
+        gene = s.gene
+        if gene is None:
+            return
+        limits = s.contrast_limits()
+        for role in ROLES:
+            layer = self.layer(role)
+            if layer is None or gene not in layer.features:
+                continue
+            values = layer.features[gene].to_numpy()
+            layer.metadata[META_KEY]["gene"] = gene
+            layer.shown = np.isfinite(values)
+            layer.face_color = gene
+            if role == RESIDUAL:
+                layer.face_colormap = RESIDUAL_COLORMAP
+                layer.face_contrast_limits = s.residual_limits()
+            else:
+                layer.face_colormap = s.display.colormap
+                layer.face_contrast_limits = limits
+            layer.refresh_colors(update_color_mapping=False)
+        self._update_colorbars()
+
+    def _update_colorbars(self) -> None:
+        """One colorbar for the shared scale (predicted, else measured), one for the residual."""
+        shared = self.layer(PREDICTED) or self.layer(MEASURED)
+        for role in ROLES:
+            layer = self.layer(role)
+            if layer is None:
+                continue
+            show = layer is shared or (role == RESIDUAL and layer.visible)
+            layer.face_colorbar.visible = show
+
+    def set_residual_visible(self, visible: bool) -> None:
+        self.show_residual = visible
+        layer = self.layer(RESIDUAL)
+        if layer is None and visible:
+            self._update(RESIDUAL)
+            self.recolor()
+            layer = self.layer(RESIDUAL)
+        if layer is not None:
+            layer.visible = visible
+        self._update_colorbars()
+        if self.grid:
+            self.set_grid(True, fit=False)
+
+    # -- side by side --------------------------------------------------------------------------
+    def set_grid(self, enabled: bool, fit: bool = True) -> int:
+        """Show each visible overlay in its own panel over the slide; returns the panel count.
+
+        ``fit`` zooms onto the spots afterwards (a panel is smaller than the whole canvas).
+        """
+        self.grid = enabled
+        grid = self.viewer.canvas.grid
+        overlays = [lyr for lyr in (self.layer(MEASURED), self.layer(PREDICTED), self.layer(RESIDUAL))
+                    if lyr is not None and lyr.visible]
+        for role in ROLES:  # each panel says what it shows
+            layer = self.layer(role)
+            if layer is not None:
+                layer.name_overlay.visible = enabled
+        if not enabled or len(overlays) < 2:
+            self._drop_twins(0)
+            was_on = grid.enabled
+            grid.enabled = False
+            grid.stride = 1
+            if was_on and fit:
+                self.fit_to_spots()  # the grid's zoom fitted a panel, not the canvas
+            return 1
+        selected = set(self.viewer.layers.selection)
+        active = self.viewer.layers.selection.active
+        self._drop_twins(len(overlays) - 1)
+        while len(self._twins) < len(overlays) - 1:
+            self._twins.append(self._add_twin())
+        # adding a layer selects it; the user's selection (and layer controls) stay as they were
+        self.viewer.layers.selection = {lyr for lyr in selected if lyr in self.viewer.layers}
+        if active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        slides = [self.slide_layer, *self._twins]
+        order = [layer for pair in zip(slides, overlays) for layer in pair]
+        rest = [layer for layer in self.viewer.layers if layer not in order]
+        for position, layer in enumerate(order + rest):
+            current = self.viewer.layers.index(layer)
+            if current != position:
+                self.viewer.layers.move(current, position)
+        for twin, overlay in zip(self._twins, overlays[1:]):
+            twin.name = f"{self.slide_layer.name} [{role_of(overlay)}]"
+        grid.stride = 2
+        grid.shape = (1, len(overlays))
+        grid.enabled = True
+        if fit:
+            self.fit_to_spots()
+        return len(overlays)
+
+    def fit_to_spots(self, margin: float = 0.05) -> None:
+        """Centre the camera on the section's spots (the tissue) and zoom so they fill a panel."""
+        layer = self.layer(MEASURED) or self.layer(PREDICTED)
+        if layer is None or len(layer.data) == 0:
+            self.viewer.reset_view()
+            return
+        world = np.array([layer.data_to_world(p)[-2:] for p in (layer.data.min(0), layer.data.max(0))])
+        lo, hi = world.min(axis=0), world.max(axis=0)
+        lo, hi = lo - layer.size.max() * layer.scale[-2:], hi + layer.size.max() * layer.scale[-2:]
+        camera = self.viewer.scene.camera
+        camera.center = tuple((lo + hi) / 2)
+        panel = np.asarray(self.viewer.canvas.viewbox_size(self.viewer.layers), dtype=float)
+        camera.zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+
+    def _add_twin(self) -> Any:
+        from napari.layers import Image
+
+        slide = self.slide_layer
+        twin = Image(slide.data, rgb=slide.rgb, multiscale=slide.multiscale, scale=slide.scale,
+                     translate=slide.translate, units=slide.units, name=f"{slide.name} [twin]",
+                     metadata={META_KEY: {"role": TWIN}})
+        self.viewer.add_layer(twin)
+        return twin
+
+    def _drop_twins(self, keep: int) -> None:
+        while len(self._twins) > max(keep, 0):
+            twin = self._twins.pop()
+            if twin in self.viewer.layers:
+                self.viewer.layers.remove(twin)

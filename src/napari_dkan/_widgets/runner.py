@@ -1,0 +1,143 @@
+"""Running the dock's step generators off the GUI thread, with progress, cancel and errors.
+
+:class:`JobRunner` owns a progress bar, a status line and a Predict/Cancel button pair.  It
+starts one job at a time with napari's ``create_worker`` (quiet jobs, such as listing devices,
+may run beside it and show nothing), shows each :class:`~napari_dkan._widgets.jobs.Progress`,
+and turns failures into napari notifications: :class:`~napari_dkan.io.errors.DataError` as its
+message, anything else with the exception logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+
+from napari_dkan._widgets.jobs import Progress
+from napari_dkan.io.errors import DataError
+from napari_dkan.progress import Cancelled
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """One visible job at a time; see the module docstring."""
+
+    def __init__(self, progress: QProgressBar, status: QLabel, start_button: QPushButton,
+                 cancel_button: QPushButton) -> None:
+        self.progress, self.status = progress, status
+        self.start_button, self.cancel_button = start_button, cancel_button
+        self.worker: Any = None
+        self.what = ""
+        self.cancel_event = threading.Event()
+        self._failed = self._settled = False
+        cancel_button.setEnabled(False)
+        cancel_button.clicked.connect(self.cancel)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, steps: Generator, on_return: Callable[[Any], None], what: str, *,
+              cancel: threading.Event | None = None, quiet: bool = False) -> Any:
+        """Run ``steps`` in a worker; ``on_return`` gets its result on the GUI thread.
+
+        Returns the worker, or None when another visible job is still running.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.busy and not quiet:
+            show_warning(f"wait for {self.what} to finish, or cancel it")
+            steps.close()
+            return None
+        worker = create_worker(_drive, steps, _ignore_errors=True)
+        if quiet:
+            worker.returned.connect(lambda r: self._report(what, r.error) if isinstance(r, _Failure)
+                                    else on_return(r))
+            worker.start()
+            return worker
+        self.cancel_event = cancel or threading.Event()
+        self._failed = self._settled = False
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda r: self._on_error(what, r.error) if isinstance(r, _Failure)
+                                else self._settle(on_return, r))
+        worker.finished.connect(self._on_finished)
+        self.worker, self.what = worker, what
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText(f"{what}…")
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running job to stop; the dock is free again within a fraction of a second.
+
+        Only the job's own event is set: the step generator notices it within 50 ms and ends
+        with :class:`Cancelled`.  (``worker.quit()`` would make the worker drop that ending;
+        napari's activity panel uses it, and :meth:`_on_finished` covers that case.)
+        """
+        self.cancel_event.set()
+
+    def _settle(self, on_return: Callable[[Any], None], result: Any) -> None:
+        self._settled = True
+        on_return(result)
+
+    def _on_progress(self, step: Progress) -> None:
+        if self.cancel_event.is_set():
+            return  # reports still queued when the user cancelled
+        if step.total > 0:
+            self.progress.setRange(0, step.total)
+            self.progress.setValue(step.done)
+            self.progress.setFormat(f"{step.stage} %v/%m {step.unit}".rstrip())
+        else:
+            self.progress.setRange(0, 0)
+        self.status.setText(step.text)
+
+    def _on_error(self, what: str, exc: BaseException) -> None:
+        self._failed = self._settled = True
+        self._report(what, exc)
+
+    def _report(self, what: str, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self.status.setText(f"{what}: cancelled")
+        elif isinstance(exc, DataError):
+            self.status.setText(f"{what} failed")
+            show_error(str(exc))
+        else:
+            log.error("%s failed", what, exc_info=exc)
+            self.status.setText(f"{what} failed: {exc}")
+            show_error(f"{what} failed: {exc}")
+
+    def _on_finished(self) -> None:
+        if not self._settled:  # aborted from napari's activity panel: no result, no error
+            self._on_error(self.what, Cancelled())
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0 if self._failed else 1)
+        self.progress.setFormat("stopped" if self._failed else "done")
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def _drive(steps: Generator) -> Generator:
+    """Run a step generator inside the worker (create_worker wants a generator function).
+
+    Errors come back as a :class:`_Failure` result instead of through the worker's ``errored``
+    signal: napari 0.9.2's ``create_worker`` connects a task-status handler to ``errored`` that
+    does not accept the exception argument, and itself raises in the event loop.
+    """
+    try:
+        return (yield from steps)
+    except Exception as exc:  # noqa: BLE001 - every failure is shown to the user by _report
+        return _Failure(exc)

@@ -1,0 +1,249 @@
+"""The napari plugin's library side, without a viewer: reader, session, jobs, cache, export."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_dkan._widgets.cache import PredictionCache, PredictionKey
+from napari_dkan._widgets.expression import Expression, measured_expression
+from napari_dkan._widgets.jobs import PredictRequest, Progress, predict_steps, run_to_end, stepwise
+from napari_dkan._widgets.scope import PixelBox, spots_in_box
+from napari_dkan._widgets.session import SpotSession
+from napari_dkan._widgets.sources import SectionSource
+from napari_dkan.io.errors import DataError
+from napari_dkan.progress import Cancelled
+from plugin_support import tiny_panel, tiny_run
+
+
+@pytest.fixture(scope="module")
+def model(her2st_dataset, panels_dir, tmp_path_factory):
+    from napari_dkan.engine.runs import TrainedModel
+
+    return TrainedModel.load(tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture()
+def session(her2st):
+    source = SectionSource(path=str(her2st), section="C2")
+    return SpotSession(source, source.open())
+
+
+# -- reader ---------------------------------------------------------------------------------------
+def test_reader_accepts_sections_datasets_and_slides_and_nothing_else(her2st, visium_dir, wsi_dir, tmp_path):
+    from napari_dkan._reader import napari_get_reader, read_dataset, read_slide
+
+    c2_folder = her2st / "ST-imgs" / "C" / "C2"
+    assert napari_get_reader(str(c2_folder)) is read_dataset
+    assert napari_get_reader(str(next(c2_folder.glob("*.jpg")))) is read_dataset
+    assert napari_get_reader(str(her2st)) is read_dataset
+    assert napari_get_reader(str(visium_dir)) is read_dataset
+    assert napari_get_reader(str(wsi_dir / "CMU-1-Small-Region.svs")) is read_slide
+    # quietly None: a patient folder, an unrelated folder, a text file
+    assert napari_get_reader(str(her2st / "ST-imgs" / "C")) is None
+    assert napari_get_reader(str(tmp_path)) is None
+    (tmp_path / "notes.txt").write_text("hello")
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader([str(her2st), str(her2st)]) is None
+
+
+def test_reader_opens_a_her2st_section_as_slide_and_measured_spots(her2st, c2):
+    from napari_dkan._reader import read_dataset
+
+    (image, img_meta, img_kind), (coords, pts_meta, pts_kind) = read_dataset(str(her2st / "ST-imgs" / "C" / "C2"))
+    assert (img_kind, pts_kind) == ("image", "points")
+    assert img_meta["multiscale"] and img_meta["rgb"] and img_meta["units"] == ("µm", "µm")
+    assert image[0].shape[:2] == (c2.open_slide().dimensions[1], c2.open_slide().dimensions[0])
+    mpp = c2.mpp
+    assert np.allclose(img_meta["scale"], (mpp, mpp)) and np.allclose(pts_meta["scale"], (mpp, mpp))
+    # spots in level-0 pixels (row, col), drawn at their true 100 µm diameter
+    assert np.allclose(coords, np.column_stack([c2.spots.y, c2.spots.x]))
+    assert pts_meta["size"] * mpp == pytest.approx(100.0, rel=1e-6)
+    features = pts_meta["features"]
+    assert list(features["spot_id"]) == list(c2.spots.spot_id)
+    assert features.shape[1] == 1 + 250  # one column per gene of the section's top-250 panel
+    assert pts_meta["metadata"]["napari_dkan"]["source"] == {"path": str(her2st), "section": "C2"}
+    # values are the normalised measured expression of that gene
+    gene = features.columns[1]
+    expected = measured_expression(c2, list(features.columns[1:]), smoothing=False).column(gene)
+    assert np.allclose(features[gene], expected)
+
+
+def test_reader_opens_visium_with_its_low_resolution_image(visium_dir):
+    from napari_dkan._reader import read_dataset
+
+    layers = read_dataset(str(visium_dir))
+    (_, img_meta, _), (coords, pts_meta, _) = layers
+    mpp = pts_meta["scale"][0]
+    # the hires PNG is scaled so that its pixels land under the full-resolution spots
+    import json
+
+    factors = json.loads((visium_dir / "spatial" / "scalefactors_json.json").read_text())
+    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_hires_scalef"])
+    assert len(coords) == len(pts_meta["features"]) == 100
+    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"])
+
+
+def test_reader_opens_an_h5ad_section(c2, tmp_path):
+    from napari_dkan._reader import read_dataset
+    from napari_dkan.io.anndata_io import write_spatial_h5ad
+
+    path = tmp_path / "c2.h5ad"
+    write_spatial_h5ad(path, c2.counts, c2.spots.with_scale(c2.mpp), "C2", image_path=c2.image_path)
+    kinds = [kind for _, _, kind in read_dataset(str(path))]
+    assert kinds == ["image", "points"]
+
+
+# -- session --------------------------------------------------------------------------------------
+class _Model:
+    """What the session needs of a model: a panel (tests without the engine)."""
+
+    def __init__(self, panel):
+        self.panel = list(panel)
+
+
+def test_session_shares_limits_scores_and_keeps_the_gene(session):
+    genes = ("A", "B")
+    n = session.n_spots
+    rng = np.random.default_rng(0)
+    measured = Expression(genes, rng.random((n, 2)), np.arange(n))
+    session.set_model(_Model(genes), measured)
+    assert session.gene == "A"
+    index = np.arange(0, n, 2)  # a "field of view": half the spots
+    pred = Expression(genes, measured.values[index] * 2 + 1, index)
+    session.set_prediction(pred)
+    seen = []
+    session.gene_changed.connect(seen.append)
+    session.set_gene("b")  # case-insensitive
+    assert session.gene == "B" and seen == ["B"]
+    with pytest.raises(DataError, match="not in the panel"):
+        session.set_gene("ERBB2")
+    scores = session.scores()
+    p, m = pred.values[:, 1], measured.values[index, 1]
+    assert scores.n_spots == len(index)
+    assert scores.pearson == pytest.approx(np.corrcoef(p, m)[0, 1])  # perfectly linear: r = 1
+    assert scores.mae == pytest.approx(np.abs(p - m).mean())
+    lo, hi = session.contrast_limits()
+    both = np.concatenate([p, measured.values[:, 1]])
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(both, [1, 99])))
+    session.set_display(low_percentile=10, high_percentile=90)
+    assert session.contrast_limits() == pytest.approx(tuple(np.percentile(both, [10, 90])))
+    rlo, rhi = session.residual_limits()
+    assert rlo == -rhi and rhi > 0
+    residual = session.residual()
+    assert np.isnan(residual[1]) and residual[0] == pytest.approx(p[0] - m[0])
+    with pytest.raises(DataError, match="percentiles"):
+        session.set_display(low_percentile=95, high_percentile=5)
+
+
+def test_measured_expression_marks_absent_genes_as_missing(c2):
+    expr = measured_expression(c2, ["ERBB2", "NOT-A-GENE"], smoothing=True)
+    assert np.isfinite(expr.column("ERBB2")).all()
+    assert np.isnan(expr.column("NOT-A-GENE")).all()
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+def test_stepwise_relays_progress_and_stops_promptly_on_cancel():
+    cancel = threading.Event()
+    release = threading.Event()
+
+    def slow(report):
+        report("features", 1, 10)
+        release.wait(10)  # an engine call that does not check the flag for a long time
+        return "late"
+
+    steps = stepwise(slow, cancel)
+    first = next(steps)
+    assert first == Progress("features", 1, 10, "tiles")
+    cancel.set()
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        next(steps)
+    assert time.perf_counter() - t0 < 1.0
+    release.set()
+    assert run_to_end(stepwise(lambda report: 42, threading.Event())) == 42
+
+
+def test_predict_field_of_view_predicts_only_spots_in_the_box_and_caches(model, c2):
+    spots = c2.spots
+    box = PixelBox(x0=float(np.median(spots.x)), y0=float(spots.y.min()), x1=float(spots.x.max()),
+                   y1=float(np.median(spots.y)))
+    inside = np.flatnonzero((spots.x >= box.x0) & (spots.x <= box.x1) & (spots.y >= box.y0) & (spots.y <= box.y1))
+    assert 0 < len(inside) < len(spots)
+    cache = PredictionCache(disk=True)
+    request = PredictRequest(model, c2, box, device="cpu")
+    seen: list[Progress] = []
+    first = run_to_end(predict_steps(request, threading.Event(), cache), seen.append)
+    assert np.array_equal(first.expression.spot_index, inside)
+    assert first.expression.values.shape == (len(inside), len(model.panel)) and not first.cached
+    assert any(p.stage == "predicting" and p.done == p.total == len(inside) for p in seen)
+    again = run_to_end(predict_steps(request, threading.Event(), cache))
+    assert again.cached and again.seconds < first.seconds
+    assert np.array_equal(again.expression.values, first.expression.values)
+    # a new process (empty memory) finds the prediction on disk
+    cache.clear_memory()
+    from napari_dkan.features import with_spots
+
+    assert cache.get(PredictionKey.of(model, with_spots(c2, inside))) is not None
+
+
+def test_spots_in_an_empty_field_of_view_is_a_readable_error(c2):
+    with pytest.raises(DataError, match="field of view"):
+        spots_in_box(c2.spots, PixelBox(-100, -100, -50, -50))
+
+
+def test_prediction_cache_keys_on_spots(model, c2):
+    from napari_dkan.features import with_spots
+
+    cache = PredictionCache(disk=False)
+    cache.put(PredictionKey.of(model, c2), np.ones((len(c2.spots), 3)))
+    assert cache.get(PredictionKey.of(model, c2)) is not None
+    assert cache.get(PredictionKey.of(model, with_spots(c2, np.arange(5)))) is None
+
+
+# -- export ----------------------------------------------------------------------------------------
+def test_export_writes_engine_anndata_and_csv(model, session, tmp_path):
+    import anndata
+    import pandas as pd
+
+    from napari_dkan._widgets.export import write_points_layer, write_predictions
+
+    n = session.n_spots
+    measured = measured_expression(session.section, model.panel, smoothing=model.smoothing)
+    session.set_model(model, measured)
+    index = np.arange(10, 30)
+    pred = Expression(tuple(model.panel), np.random.default_rng(1).random((20, len(model.panel))), index)
+    session.set_prediction(pred)
+    adata = anndata.read_h5ad(write_predictions(session, tmp_path / "p.h5ad"))
+    assert list(adata.obs_names) == list(session.section.spots.spot_id[index])
+    assert list(adata.var_names) == list(model.panel)
+    assert np.allclose(adata.X, pred.values)
+    assert np.allclose(adata.layers["measured"], measured.values[index])
+    assert adata.uns["napari_dkan"]["section"] == "C2"
+    frame = pd.read_csv(write_predictions(session, tmp_path / "p.csv"), index_col=0)
+    assert list(frame.columns[:4]) == ["array_row", "array_col", "x", "y"]
+    assert np.allclose(frame[list(model.panel)].to_numpy(), pred.values, atol=1e-6)
+    with pytest.raises(DataError, match=".h5ad or .csv"):
+        write_predictions(session, tmp_path / "p.xlsx")
+    # the napari writer rebuilds the same AnnData from a predicted layer's metadata
+    from napari_dkan._widgets.expression import spot_features
+
+    features = spot_features(session.section.spots.spot_id, model.panel, pred.full(n))
+    meta = {"features": features, "metadata": {"napari_dkan": {
+        "role": "predicted", "model": str(model.run_dir), "source": session.source.to_metadata()}}}
+    coords = np.column_stack([session.section.spots.y, session.section.spots.x])
+    again = anndata.read_h5ad(write_points_layer(tmp_path / "w.h5ad", coords, meta))
+    assert list(again.obs_names) == list(adata.obs_names) and np.allclose(again.X, adata.X)
+    rows = pd.read_csv(write_points_layer(tmp_path / "w.csv", coords, meta), index_col=0)
+    assert len(rows) == len(index) and rows["x"].iloc[0] == pytest.approx(session.section.spots.x[10])
+    meta["metadata"]["napari_dkan"]["role"] = "measured"
+    with pytest.raises(DataError, match="save this layer as .csv"):
+        write_points_layer(tmp_path / "m.h5ad", coords, meta)
+
+
+def test_tiny_panel_is_what_the_model_was_trained_on(model, panels_dir):
+    assert list(model.panel) == tiny_panel(Path(panels_dir))

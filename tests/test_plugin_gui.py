@@ -1,0 +1,344 @@
+"""The napari plugin in a real viewer (Xvfb): HER2ST C2, a tiny DKAN model, screenshots.
+
+One viewer and one dock serve the module; each test brings them to the state it needs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from plugin_support import tiny_run
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def run_dir(her2st_dataset, panels_dir, tmp_path_factory):
+    return tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def viewer():
+    import napari
+
+    # show=True under Xvfb: the canvas needs a framebuffer, or screenshots come back black
+    v = napari.Viewer(show=True)
+    v.window.resize(1400, 900)
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def dock(viewer, her2st):
+    # through napari's plugin manager, as a user's Plugins menu does; the dock first, then the
+    # data, so the dock must notice the reader's layers as they arrive
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    return widget
+
+
+def _wait(qtbot, dock):
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+
+
+def _ready(qtbot, dock, run_dir):
+    """The tiny model loaded and every spot of C2 predicted."""
+    from napari_dkan._widgets.scope import Scope
+
+    if dock.model is None:
+        dock.choose_model(str(run_dir))
+        _wait(qtbot, dock)
+    if dock.session.predicted is None or len(dock.session.predicted) != dock.session.n_spots:
+        dock.set_scope(Scope.ALL_SPOTS)
+        assert dock.predict() is not None
+        _wait(qtbot, dock)
+    assert dock.session.predicted is not None
+
+
+def _fit_to_spots(viewer, session, zoom=1.0):
+    spots, mpp = session.section.spots, session.section.mpp
+    lo = np.array([spots.y.min(), spots.x.min()]) * mpp
+    hi = np.array([spots.y.max(), spots.x.max()]) * mpp
+    camera = viewer.scene.camera
+    camera.center = tuple((lo + hi) / 2)
+    camera.zoom = zoom * 0.9 * min(np.array(viewer.canvas.size) / (hi - lo))
+
+
+def _only(viewer, *visible):
+    for layer in viewer.layers:
+        layer.visible = layer in visible
+
+
+def _shot(viewer):
+    return np.asarray(viewer.screenshot(canvas_only=True))[..., :3].astype(int)
+
+
+def _changed(a, b, tol=30):
+    return float((np.abs(a - b).sum(axis=-1) > tol).mean())
+
+
+def _distinct_genes(session):
+    """The pair of genes whose mean prediction differs most in colormap position."""
+    position = {}
+    for gene in session.genes:
+        session.set_gene(gene)
+        lo, hi = session.contrast_limits()
+        position[gene] = (np.nanmean(session.gene_values(session.predicted)) - lo) / (hi - lo)
+    low, high = min(position, key=position.get), max(position, key=position.get)
+    assert position[high] - position[low] > 0.2, f"the test model predicts one level: {position}"
+    return low, high
+
+
+def test_manifest_provides_reader_widget_and_writer(dock, her2st):
+    from napari.plugins import _npe2
+    from npe2 import PluginManager
+
+    assert type(dock).__name__ == "PredictionDock"
+    assert "napari-dkan" in _npe2.get_readers(str(her2st / "ST-imgs" / "C" / "C2"))
+    manifest = PluginManager.instance().get_manifest("napari-dkan")
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Predict expression"]
+    assert manifest.contributions.writers[0].layer_types == ["points"]
+
+
+def test_open_c2_adopts_measured_layer_and_lists_its_genes(viewer, dock):
+    from napari.utils.notifications import notification_manager
+
+    from napari_dkan._widgets.spots_layer import SpotsLayer
+
+    assert dock.predict() is None  # no model yet: refused with a message, not an exception
+    assert "choose a model first" in notification_manager.records[-1].message
+
+    names = [layer.name for layer in viewer.layers]
+    assert names[:2] == ["C2 · slide", "C2 · measured"]
+    assert isinstance(viewer.layers["C2 · measured"], SpotsLayer)  # the reader's layer, adopted
+    assert dock.session.section.name == "C2" and len(dock.session.genes) == 250
+
+
+def test_predict_then_switch_genes_recolours_in_place(qtbot, viewer, dock, run_dir):
+    _ready(qtbot, dock, run_dir)
+    session = dock.session
+    predicted = viewer.layers["C2 · predicted"]
+    assert predicted.features.shape == (session.n_spots, 1 + len(session.genes))
+    assert "12 genes" in dock.models.info.text() and "image encoder tiny" in dock.models.info.text()
+    assert "in use: cpu" in dock.models.in_use.text()
+    layers_before = list(viewer.layers)
+    _fit_to_spots(viewer, session)
+    _only(viewer, viewer.layers["C2 · slide"])
+    slide_only = _shot(viewer)
+    _only(viewer, viewer.layers["C2 · slide"], predicted)
+    # two genes whose predictions sit at clearly different places on the shared colour scale
+    first_gene, second_gene = _distinct_genes(session)
+    dock.set_gene(first_gene)
+    shot_a = _shot(viewer)
+    dock.genes.gene_chosen.emit(second_gene)  # as the picker does
+    assert session.gene == second_gene and dock.genes.edit.text() == second_gene
+    shot_b = _shot(viewer)
+    assert _changed(slide_only, shot_a) > 0.02, "the predicted overlay draws nothing"
+    assert _changed(shot_a, shot_b) > 0.01, "switching gene did not change the picture"
+    assert list(viewer.layers) == layers_before  # recoloured in place, nothing added
+    # predicted and measured share colormap and limits; the predicted layer shows the colorbar
+    measured = viewer.layers["C2 · measured"]
+    assert predicted.face_contrast_limits == pytest.approx(measured.face_contrast_limits)
+    assert predicted.face_contrast_limits == pytest.approx(session.contrast_limits())
+    assert predicted.face_colorbar.visible and not measured.face_colorbar.visible
+    dock.display.high.setValue(90.0)
+    assert predicted.face_contrast_limits == pytest.approx(session.contrast_limits())
+    dock.display.colormap.setCurrentText("magma")
+    assert predicted.face_colormap.name == measured.face_colormap.name == "magma"
+    assert "Pearson r" in dock.scores.text() and f"{session.n_spots} spots" in dock.scores.text()
+
+
+def test_gene_picker_searches_the_panel_as_you_type(qtbot, dock, run_dir):
+    from qtpy.QtCore import Qt
+
+    _ready(qtbot, dock, run_dir)
+    picker = dock.genes
+    picker.completer.setCompletionPrefix("rbb")  # matches anywhere in the name
+    assert picker.completer.completionCount() == 1 and picker.completer.currentCompletion() == "ERBB2"
+    picker.edit.clear()
+    qtbot.keyClicks(picker.edit, "erbb2")
+    qtbot.keyClick(picker.edit, Qt.Key.Key_Return)
+    assert dock.session.gene == "ERBB2"
+    picker.next.click()
+    assert dock.session.gene == dock.session.genes[dock.session.genes.index("ERBB2") + 1]
+
+
+def test_hover_shows_spot_id_and_current_gene_value(qtbot, viewer, dock, run_dir):
+    _ready(qtbot, dock, run_dir)
+    session = dock.session
+    layer = viewer.layers["C2 · predicted"]
+    gene, other = session.genes[1], session.genes[3]
+    dock.set_gene(gene)
+    i = 5
+    spots, mpp = session.section.spots, session.section.mpp
+    status = layer.get_status((spots.y[i] * mpp, spots.x[i] * mpp), world=True)["value"]
+    value = session.gene_values(session.predicted)[i]
+    assert f"spot {spots.spot_id[i]}" in status
+    assert f"{gene} (predicted): {value:.3f}" in status
+    assert other not in status  # not every feature column
+
+
+def test_residual_and_side_by_side_grid(qtbot, viewer, dock, run_dir):
+    _ready(qtbot, dock, run_dir)
+    session = dock.session
+    dock.display.residual.setChecked(True)
+    residual = viewer.layers["C2 · residual"]
+    assert residual.visible and residual.face_colormap.name == "PiYG"
+    lo, hi = residual.face_contrast_limits
+    assert lo == pytest.approx(-hi)
+    assert np.allclose(residual.features[session.gene], session.residual(), equal_nan=True)
+    dock.display.residual.setChecked(False)
+    for layer in viewer.layers:
+        layer.visible = layer.name != "C2 · residual"
+    n_layers = len(viewer.layers)
+    viewer.layers.selection.active = viewer.layers["C2 · predicted"]
+    dock.display.grid.setChecked(True)  # the one click
+    assert viewer.canvas.grid.enabled
+    assert viewer.canvas.grid.actual_shape(viewer.layers) == (1, 2)
+    assert viewer.layers["C2 · predicted"].name_overlay.visible  # each panel names its layer
+    assert viewer.layers.selection.active is viewer.layers["C2 · predicted"]
+    shot = _shot(viewer)
+    half = shot.shape[1] // 2
+    left, right = shot[:, :half], shot[:, half:]
+    for panel in (left, right):
+        assert (panel.std(axis=-1) > 20).mean() > 0.005, "a panel shows no coloured spots"
+    dock.display.grid.setChecked(False)
+    assert not viewer.canvas.grid.enabled and len(viewer.layers) == n_layers  # twins removed
+    assert not viewer.layers["C2 · measured"].name_overlay.visible
+
+
+def test_field_of_view_predicts_only_visible_spots(qtbot, viewer, dock, run_dir):
+    from napari_dkan._widgets.scope import Scope
+
+    _ready(qtbot, dock, run_dir)
+    session = dock.session
+    spots, mpp = session.section.spots, session.section.mpp
+    _fit_to_spots(viewer, session, zoom=2.5)
+    camera = viewer.scene.camera
+    camera.center = (float(np.percentile(spots.y, 30) * mpp), float(np.percentile(spots.x, 30) * mpp))
+    _shot(viewer)  # draw once, so napari updates the layer's loaded region
+    # what the canvas shows, worked out here from the camera and the canvas size
+    half = np.array(viewer.canvas.size) / 2 / camera.zoom
+    (r0, c0), (r1, c1) = (np.array(camera.center[-2:]) - half) / mpp, (np.array(camera.center[-2:]) + half) / mpp
+    visible = np.flatnonzero((spots.y >= r0) & (spots.y <= r1) & (spots.x >= c0) & (spots.x <= c1))
+    assert 0 < len(visible) < len(spots)
+    dock.set_scope(Scope.FIELD_OF_VIEW)
+    dock.predict()
+    _wait(qtbot, dock)
+    predicted = session.predicted
+    assert np.array_equal(np.sort(predicted.spot_index), visible)
+    layer = viewer.layers["C2 · predicted"]
+    assert np.array_equal(np.flatnonzero(layer.shown), visible)  # the others are hidden
+    # napari's loaded region (chunk-aligned, a superset of the view) holds every predicted spot
+    image = viewer.layers["C2 · slide"]
+    corners = image.corner_pixels * image.downsample_factors[image.data_level]
+    assert (spots.y[visible] >= corners[0, 0] - 1).all() and (spots.y[visible] <= corners[1, 0] + 1).all()
+    assert "Pearson r" in dock.scores.text() and f"over {len(visible)} spots" in dock.scores.text()
+    dock.set_scope(Scope.ALL_SPOTS)
+
+
+def test_cancel_stops_within_a_second_and_leaves_the_viewer_usable(qtbot, viewer, dock, run_dir,
+                                                                    monkeypatch, tmp_path):
+    from napari_dkan._widgets.cache import PredictionCache
+
+    _ready(qtbot, dock, run_dir)
+    before = dock.session.predicted
+    n_layers = len(viewer.layers)
+    # empty caches: the prediction must encode the slide's tiles, so there is work to cancel
+    monkeypatch.setenv("NAPARI_DKAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(dock, "cache", PredictionCache(disk=False))
+    asked: list[float] = []
+
+    def cancel_during_features(step):
+        if step.stage == "features" and not asked:
+            asked.append(time.perf_counter())
+            dock.cancel()
+
+    worker = dock.predict()
+    worker.yielded.connect(cancel_during_features)
+    _wait(qtbot, dock)
+    stopped = time.perf_counter()
+    assert asked, "the prediction ended before it could be cancelled"
+    assert stopped - asked[0] < 1.0
+    assert "cancelled" in dock.status.text()
+    assert dock.session.predicted is before and len(viewer.layers) == n_layers
+    assert dock.predict_button.isEnabled() and not dock.cancel_button.isEnabled()
+    # still usable: another gene, then a full prediction
+    dock.set_gene(dock.session.genes[4])
+    assert viewer.layers["C2 · predicted"].metadata["napari_dkan"]["gene"] == dock.session.genes[4]
+    measured_features = viewer.layers["C2 · measured"].features
+    dock.predict()
+    _wait(qtbot, dock)
+    assert dock.session.predicted is not before and len(dock.session.predicted) == dock.session.n_spots
+    assert viewer.layers["C2 · measured"].features is measured_features  # not rebuilt for nothing
+
+
+def test_export_from_the_dock_and_the_napari_writer(qtbot, viewer, dock, run_dir, tmp_path):
+    import anndata
+    import napari
+    import pandas as pd
+    from napari.utils.notifications import notification_manager
+
+    _ready(qtbot, dock, run_dir)
+    session = dock.session
+    path = dock.export(tmp_path / "c2.h5ad")
+    assert str(path) in notification_manager.records[-1].message  # the user is told where
+    adata = anndata.read_h5ad(path)
+    assert adata.n_obs == session.n_spots and list(adata.var_names) == list(session.genes)
+    assert np.allclose(adata.X, session.predicted.values)
+    assert "measured" in adata.layers and adata.uns["napari_dkan"]["section"] == "C2"
+    written = napari.save_layers(str(tmp_path / "layer.csv"), [viewer.layers["C2 · predicted"]],
+                                 plugin="napari-dkan")
+    assert written and str(tmp_path / "layer.csv") in notification_manager.records[-1].message
+    frame = pd.read_csv(written[0], index_col=0)
+    assert len(frame) == session.n_spots and list(frame.columns[2:]) == list(session.genes)
+
+
+def test_a_slide_without_spots_is_predicted_on_a_tissue_lattice(qtbot, viewer, dock, run_dir, wsi_dir):
+    """Near the end of the module: it moves the dock to another slide."""
+    from napari_dkan.io.lattice import lattice_spots
+    from napari_dkan.io.slides import open_slide
+
+    _ready(qtbot, dock, run_dir)
+    path = wsi_dir / "CMU-1-Small-Region.svs"
+    viewer.open(str(path), plugin="napari-dkan")
+    qtbot.waitUntil(lambda: dock.slide.count() == 2, timeout=WAIT_MS)
+    dock.slide.setCurrentIndex(1)  # as the user picks it in the dock
+    assert dock.session.section.name == path.stem and dock.session.source.section is None
+    _wait(qtbot, dock)  # the model readies the new section: its lattice, no measured values
+    assert dock.session.measured is None
+    dock.predict()
+    _wait(qtbot, dock)
+    with open_slide(path) as slide:
+        expected = lattice_spots(slide)
+    predicted = dock.session.predicted
+    assert len(predicted) == len(expected) > 20
+    layer = viewer.layers[f"{path.stem} · predicted"]
+    # Visium-like 55 µm spots on the slide's own µm scale
+    assert layer.size[0] * layer.scale[-1] == pytest.approx(55.0)
+    assert np.allclose(layer.data, np.column_stack([expected.y, expected.x]))
+    assert f"{path.stem} · measured" not in [lyr.name for lyr in viewer.layers]
+    assert "Pearson r and MAE appear" in dock.scores.text()
+
+
+def test_the_bundled_model_is_offered_and_loaded_when_present(qtbot, run_dir, monkeypatch):
+    import napari
+
+    from napari_dkan import bundled
+
+    monkeypatch.setattr(bundled, "default_model_path", lambda: run_dir)
+    other = napari.Viewer(show=False)
+    try:
+        _, dock = other.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+        assert dock.models.model.currentText() == f"bundled: {run_dir.name}"
+        _wait(qtbot, dock)
+        assert dock.model is not None and "12 genes" in dock.models.info.text()
+    finally:
+        other.close()

@@ -37,6 +37,7 @@ from napari_dkan._widgets.controls import DisplayControls, GenePicker, ModelChoo
 from napari_dkan._widgets.export import write_predictions
 from napari_dkan._widgets.expression import SPOT_ID, Expression
 from napari_dkan._widgets.layers import MEASURED, LayerBuilder, role_of
+from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModel, RecentModels
 from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.scope import Scope, visible_box
 from napari_dkan._widgets.session import Display, SpotSession
@@ -50,16 +51,19 @@ if TYPE_CHECKING:
 class PredictionDock(QWidget):
     """Predict expression on a slide and compare it with the measured values."""
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, cache: PredictionCache = PREDICTIONS) -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer, cache: PredictionCache = PREDICTIONS,
+                 recent: RecentModels = RECENT_MODELS) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.cache = cache
+        self.recent = recent
         self.session: SpotSession | None = None
         self.builder: LayerBuilder | None = None
         self.model: TrainedModel | None = None
         self._build_ui()
         self.runner = JobRunner(self.progress, self.status, self.predict_button, self.cancel_button)
         self._connect()
+        self._follow_recent_models()
         self._refresh_slides()
         self.runner.start(jobs.available_devices_steps(), self.models.set_devices, "checking devices",
                           quiet=True)
@@ -228,6 +232,17 @@ class PredictionDock(QWidget):
         if self.session is not None:
             self.session.set_model(loaded.model, loaded.measured)
         self.status.setText(f"model ready: {len(loaded.model.panel)} genes")
+
+    def _follow_recent_models(self) -> None:
+        """Offer the models trained in this session, now and as the training dock ends runs."""
+        for entry in self.recent.entries:
+            self._offer_model(entry)
+        added, handler = self.recent.added, self._offer_model
+        added.connect(handler)
+        self.destroyed.connect(lambda *_: added.disconnect(handler))
+
+    def _offer_model(self, entry: RecentModel) -> None:
+        self.models.add_model(entry.label, entry.path)
 
     def _show_in_use(self, device: str | None = None) -> None:
         name = self.models.device.currentText()

@@ -295,6 +295,21 @@ class TrainedModel:
     def state_dict(self) -> dict[str, Any]:
         return {k: v.clone() for k, v in self._net.state_dict().items()}
 
+    def gene_text(self) -> Any:
+        """The gene-text embeddings this model was trained with (None for models without text).
+
+        Fine-tuning passes them to :func:`train_model` as they are: the network learned these
+        exact vectors, and re-embedding would need the text encoder and could differ from them.
+        """
+        if self._text is None:
+            return None
+        from napari_dkan.knowledge.embeddings import GeneEmbeddings
+
+        text = self.config["text"]
+        return GeneEmbeddings(genes=list(self.panel), matrix=self._text.numpy().astype(np.float32),
+                              encoder=text["encoder"], pooling=text["pooling"], texts=[],
+                              provenance=dict(text.get("provenance") or {}))
+
     def section_data(self, section: Section, with_targets: bool = True,
                      progress: Callable[[int, int], None] | None = None,
                      cancel: CancelToken | None = None, device: str = "auto") -> SectionData:

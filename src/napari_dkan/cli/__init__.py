@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from napari_dkan import __version__
-from napari_dkan.cli import _cohort, _data, _engine, _features, _genes
+from napari_dkan.cli import _cohort, _data, _demo, _engine, _features, _genes
 
-_GROUPS = [_data, _genes, _features, _engine, _cohort]
+_GROUPS = [_demo, _data, _genes, _features, _engine, _cohort]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -287,25 +287,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.dataset import open_section
     from napari_dkan.io.errors import DataError
 
     model = load_model_arg(args.model)
-    if args.spots not in (None, "lattice"):
-        # spots from a spot file (Visium folder, .h5ad) placed on the slide given as PATH
-        ds = open_dataset(args.spots, image=args.path, mpp=args.mpp)
-    else:
-        ds = open_dataset(args.path, image=args.image, mpp=args.mpp)
-    if args.sections:
-        section = ds[args.sections[0]]
-    elif len(ds) == 1:
-        section = ds.sections[0]
-    else:
-        raise DataError(f"{ds.name} holds {len(ds)} sections: choose one with --sections NAME")
-    if args.spots == "lattice" and ds.kind != "slide":
-        from napari_dkan.io.lattice import lattice_section
-
-        section = lattice_section(section)
+    section = open_section(args.path, args.sections[0] if args.sections else None, args.spots,
+                           image=args.image, mpp=args.mpp)
     if args.output.suffix != ".h5ad":
         raise DataError(f"output must be an .h5ad file, got {args.output.name}")
     bars = _Bars(not args.json)

@@ -130,20 +130,6 @@ def _check_names(slides: list[CohortSlide], path: Path) -> None:
 
 def open_section(entry: CohortSlide):  # noqa: ANN201 - a napari_dkan.io.dataset.Section
     """The section a manifest row describes (the same rules as ``napari-dkan predict``)."""
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.dataset import open_section as _open
 
-    if entry.spots not in (None, "lattice"):
-        ds = open_dataset(entry.spots, image=entry.slide, mpp=entry.mpp)
-    else:
-        ds = open_dataset(entry.slide, mpp=entry.mpp)
-    if entry.section:
-        section = ds[entry.section]
-    elif len(ds) == 1:
-        section = ds.sections[0]
-    else:
-        raise DataError(f"{ds.name} holds {len(ds)} sections: name one in the manifest's 'section' column")
-    if entry.spots == "lattice" and ds.kind != "slide":
-        from napari_dkan.io.lattice import lattice_section
-
-        section = lattice_section(section)
-    return section
+    return _open(entry.slide, entry.section, entry.spots, mpp=entry.mpp)

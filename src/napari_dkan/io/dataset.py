@@ -246,3 +246,37 @@ def open_dataset(
         for s in ds.sections:
             s.mpp_override = float(mpp)
     return ds
+
+
+def open_section(
+    path: str | Path,
+    section: str | None = None,
+    spots: str | Path | None = None,
+    image: str | Path | None = None,
+    mpp: float | None = None,
+) -> Section:
+    """One section to predict on.
+
+    ``path`` is a slide or a dataset (``section`` names one of a dataset's sections).  ``spots``
+    is ``"lattice"`` (a lattice over the tissue replaces the section's own spots) or a spot file
+    (Visium folder, ``.h5ad``) whose spots are placed on the slide ``path``; ``image`` is the
+    full-resolution image of a Visium folder or ``.h5ad`` given as ``path``.
+    """
+    if spots not in (None, "lattice"):
+        ds = open_dataset(spots, image=path, mpp=mpp)
+    else:
+        ds = open_dataset(path, image=image, mpp=mpp)
+    if section:
+        chosen = ds[section]
+    elif len(ds) == 1:
+        chosen = ds.sections[0]
+    else:
+        raise DataError(
+            f"{ds.name} holds {len(ds)} sections ({', '.join(ds.section_names[:8])}"
+            f"{'…' if len(ds) > 8 else ''}): name the one to use"
+        )
+    if spots == "lattice" and ds.kind != "slide":
+        from napari_dkan.io.lattice import lattice_section
+
+        chosen = lattice_section(chosen)
+    return chosen

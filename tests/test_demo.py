@@ -1,0 +1,82 @@
+"""``napari-dkan demo``: real sample, bundled model, a screenshot that shows tissue and spots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_dkan.cli import main
+from napari_dkan.demo import SAMPLES, fetch_sample
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _coloured_fraction(rgb: np.ndarray) -> float:
+    """Pixels that are strongly coloured (spot colormaps), not slide pink/purple nor grey."""
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    green_yellow = (g > r + 30) & (g > b + 30)  # viridis' upper half: spots, never H&E
+    return float(green_yellow.mean())
+
+
+def _tissue_fraction(rgb: np.ndarray) -> float:
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return float(((r > g + 20) & (b > g + 20)).mean())  # H&E's pink/purple
+
+
+def test_demo_screenshot_shows_tissue_and_coloured_spots(her2st, tmp_path, capsys):
+    from napari_dkan.bundled import default_model_path
+
+    args = ["demo", "--data-dir", str(her2st), "--screenshot", str(tmp_path / "out.png"), "--json",
+            "--device", "cpu"]
+    if default_model_path() is None:  # a build without the bundled model: a trained tiny run
+        from plugin_support import tiny_run
+
+        from napari_dkan.io import open_dataset
+
+        args += ["--model", str(tiny_run(open_dataset(her2st), her2st.parent / "gene_panels", tmp_path))]
+    assert main(args) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert rgb.shape[0] >= 600 and rgb.shape[1] >= 1000
+    assert rgb.std() > 20, "the screenshot is blank"
+    assert _tissue_fraction(rgb) > 0.02, "no tissue visible"
+    assert _coloured_fraction(rgb) > 0.002, "no coloured spots visible"
+    assert info["spots"] == 187 and "Pearson r" in info["scores"]
+
+
+def test_sample_registry_reads_a_local_copy_and_checks_names(her2st):
+    assert fetch_sample("C2", her2st) == her2st
+    from napari_dkan.io.errors import DataError
+
+    with pytest.raises(DataError, match="not a HER2ST-layout folder"):
+        fetch_sample("C2", her2st / "ST-imgs")
+    with pytest.raises(DataError, match="no public sample"):
+        fetch_sample("Z9")
+
+
+def test_registry_checksums_match_the_public_files(her2st):
+    import hashlib
+
+    for files in SAMPLES.values():
+        for f in files:
+            assert hashlib.sha256((her2st / f.path).read_bytes()).hexdigest() == f.sha256, f.path
+            assert f.url.startswith("https://") and f.url.endswith(f.path)
+
+
+def test_download_failure_says_how_to_run_offline(tmp_path, monkeypatch):
+    import pooch
+
+    from napari_dkan.io.errors import DataError
+
+    def offline(*a, **k):
+        raise ConnectionError("network unreachable")
+
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    with pytest.raises(DataError, match="--data-dir"):
+        fetch_sample("C3")

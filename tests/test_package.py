@@ -17,7 +17,7 @@ def test_npe2_discovers_the_plugin_and_its_contributions():
     assert mf.contributions.readers, "the reader contribution is missing"
     commands = {c.id for c in mf.contributions.commands}
     assert {"napari-dkan.get_reader", "napari-dkan.prediction_dock", "napari-dkan.write_points"} <= commands
-    assert [w.command for w in mf.contributions.widgets] == ["napari-dkan.prediction_dock"]
+    assert [w.command for w in mf.contributions.widgets] == ["napari-dkan.prediction_dock", "napari-dkan.training_dock"]
     assert [w.command for w in mf.contributions.writers] == ["napari-dkan.write_points"]
 
 
@@ -45,7 +45,8 @@ def test_widget_and_writer_modules_import_no_torch_or_slide_backend():
     Qt and napari are fine here: napari has loaded them before it imports these modules.
     """
     code = (
-        "import sys, napari_dkan._writer, napari_dkan._widgets.dock, napari_dkan._widgets.export\n"
+        "import sys, napari_dkan._writer, napari_dkan._widgets.export\n"
+        "import napari_dkan._widgets.dock, napari_dkan._widgets.training_dock\n"
         "heavy = [m for m in ('torch', 'timm', 'transformers', 'openslide') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

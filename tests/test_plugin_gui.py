@@ -103,7 +103,7 @@ def test_manifest_provides_reader_widget_and_writer(dock, her2st):
     assert type(dock).__name__ == "PredictionDock"
     assert "napari-dkan" in _npe2.get_readers(str(her2st / "ST-imgs" / "C" / "C2"))
     manifest = PluginManager.instance().get_manifest("napari-dkan")
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Predict expression"]
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Predict expression", "Fine-tune a model"]
     assert manifest.contributions.writers[0].layer_types == ["points"]
 
 

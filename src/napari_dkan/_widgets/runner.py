@@ -44,9 +44,14 @@ class JobRunner:
         return self.worker is not None
 
     def start(self, steps: Generator, on_return: Callable[[Any], None], what: str, *,
-              cancel: threading.Event | None = None, quiet: bool = False) -> Any:
+              cancel: threading.Event | None = None, quiet: bool = False,
+              on_yield: Callable[[Any], None] | None = None,
+              on_finished: Callable[[], None] | None = None) -> Any:
         """Run ``steps`` in a worker; ``on_return`` gets its result on the GUI thread.
 
+        ``on_yield`` gets each progress report too, and ``on_finished`` is called when the worker
+        ends, whatever the outcome; both are connected before the worker starts (a short job may
+        end before the caller could connect them).
         Returns the worker, or None when another visible job is still running.
         """
         from napari.qt.threading import create_worker
@@ -56,6 +61,10 @@ class JobRunner:
             steps.close()
             return None
         worker = create_worker(_drive, steps, _ignore_errors=True)
+        if on_yield is not None:
+            worker.yielded.connect(on_yield)
+        if on_finished is not None:
+            worker.finished.connect(on_finished)
         if quiet:
             worker.returned.connect(lambda r: self._report(what, r.error) if isinstance(r, _Failure)
                                     else on_return(r))

@@ -120,9 +120,8 @@ class TrainingDock(QWidget):
     # -- inputs --------------------------------------------------------------------------------
     def _start_quiet(self, steps: Any, on_return: Any, what: str) -> None:
         """A short job beside any other (reading a dataset, listing devices); tracked by :attr:`busy`."""
-        worker = self.runner.start(steps, on_return, what, quiet=True)
         self._quiet_jobs += 1
-        worker.finished.connect(self._quiet_done)
+        self.runner.start(steps, on_return, what, quiet=True, on_finished=self._quiet_done)
 
     def _quiet_done(self) -> None:
         self._quiet_jobs -= 1
@@ -184,21 +183,24 @@ class TrainingDock(QWidget):
         return self._start(check_only=False)
 
     def _start(self, check_only: bool) -> Any:
+        if self.runner.busy:  # the last run's curves and result stay as they are
+            show_warning(f"napari-dkan: wait for {self.runner.what} to finish, or cancel it")
+            return None
         request = self.form.request()
         cancel = threading.Event()
-        worker = self.runner.start(training_steps(request, cancel, check_only), self._ended,
-                                   "checking the inputs" if check_only else "training", cancel=cancel)
-        if worker is None:
-            return None
         self._show_problems(())
         self.result.setText("")
         self.last_progress = None
         if not check_only:
             self.history = []
             self.curves.clear()
-        worker.yielded.connect(self._on_progress)
         self.check_button.setEnabled(False)
-        worker.finished.connect(lambda: self.check_button.setEnabled(True))
+        worker = self.runner.start(training_steps(request, cancel, check_only), self._ended,
+                                   "checking the inputs" if check_only else "training", cancel=cancel,
+                                   on_yield=self._on_progress,
+                                   on_finished=lambda: self.check_button.setEnabled(True))
+        if worker is None:
+            self.check_button.setEnabled(True)
         return worker
 
     def _on_progress(self, item: Any) -> None:

@@ -1,0 +1,163 @@
+"""The training dock in a real viewer (Xvfb): fine-tune a tiny model on HER2ST C2, validated on C3.
+
+Through the docks as a user drives them: the section the viewer shows prefills the form, the
+run ends with the progress bar full and both curves drawn, the new model is offered by the
+prediction dock at once and predicting with it recolours the layers.  Cancel from the dock
+keeps the best checkpoint so far.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugin_support import tiny_run
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 180_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_run(her2st_dataset, panels_dir, tmp_path_factory):
+    return tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def viewer():
+    import napari
+
+    v = napari.Viewer(show=True)
+    v.window.resize(1400, 900)
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def docks(viewer, her2st, tmp_path_factory):
+    from napari_dkan._widgets.recent_models import RecentModels
+    from napari_dkan._widgets.training_dock import TrainingDock
+
+    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    # through the manifest, as the Plugins menu does; then one with a private registry and runs
+    # folder, so the tests neither see nor leave models of other sessions
+    _, listed = viewer.window.add_plugin_dock_widget("napari-dkan", "Fine-tune a model")
+    assert isinstance(listed, TrainingDock)
+    registry = RecentModels()
+    registry.added.connect(predict._offer_model)
+    train = TrainingDock(viewer, registry=registry, runs_root=tmp_path_factory.mktemp("dock-runs"))
+    viewer.window.add_dock_widget(train, name="training (test)")
+    return predict, train
+
+
+def _wait(qtbot, dock):
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+
+
+def _fill(qtbot, dock, base_run, out, epochs):
+    from napari_dkan._widgets.training_plan import BaseChoice
+
+    _wait(qtbot, dock)  # devices, presets and the prefilled dataset's sections have arrived
+    form = dock.form
+    form.choose(form.validation, "C3")
+    form.set_base(BaseChoice.RUN, str(base_run))
+    _wait(qtbot, dock)
+    form.epochs.setValue(epochs)
+    form.batch_size.setValue(32)
+    form.device.setCurrentText("cpu")
+    form.output.edit.setText(str(out))
+
+
+def test_the_form_starts_from_the_section_the_viewer_shows(qtbot, docks, her2st):
+    _, train = docks
+    _wait(qtbot, train)
+    assert train.form.dataset.text == str(her2st)
+    assert train.form.section.currentData() == "C2"
+    offered = {train.form.validation.itemData(i) for i in range(train.form.validation.count())}
+    assert {None, "C3", "C4"} <= offered  # a spatial block of C2, or another section
+
+
+def test_fine_tune_two_epochs_through_the_dock(qtbot, docks, base_run, tmp_path):
+    from napari_dkan.engine.runs import TrainedModel
+
+    predict, train = docks
+    out = tmp_path / "c2-fine-tuned"
+    _fill(qtbot, train, base_run, out, epochs=2)
+    assert train.train() is not None
+    _wait(qtbot, train)
+
+    outcome = train.outcome
+    assert outcome is not None and outcome.status == "finished" and outcome.epochs_run == 2
+    assert train.progress.maximum() > 0 and train.progress.value() == train.progress.maximum()
+    assert [r.epoch for r in train.history] == [1, 2]
+    # the curves hold what was drawn: two losses, two validation PCCs, the base model's line
+    assert list(train.curves.loss_line.get_xdata()) == [1, 2]
+    assert np.all(np.isfinite(train.curves.loss_line.get_ydata()))
+    assert np.all(np.isfinite(train.curves.pcc_line.get_ydata()))
+    assert train.curves.base_line.get_visible()
+    assert str(out) in train.result.text()
+
+    model = TrainedModel.load(out)  # written and loadable as it is
+    base = TrainedModel.load(base_run)
+    assert model.panel == base.panel and model.config["fine_tuned_from"] == str(base.run_dir)
+    assert (out / "model.safetensors").is_file()
+
+    # offered by the prediction dock at once; predicting with it recolours the layers
+    combo = predict.models.model
+    paths = [combo.itemData(i) for i in range(combo.count())]
+    assert str(out.resolve()) in paths
+    predict.choose_model(str(out.resolve()))
+    _wait(qtbot, predict)
+    assert predict.model is not None and str(predict.model.run_dir) == str(out.resolve())
+    from napari_dkan._widgets.scope import Scope
+
+    predict.set_scope(Scope.ALL_SPOTS)
+    assert predict.predict() is not None
+    _wait(qtbot, predict)
+    gene = predict.session.genes[0]
+    predict.set_gene(gene)
+    layer = predict.builder.layer("predicted")
+    expected = model.predict(model.section_data(predict.session.section, with_targets=False), device="cpu")
+    column = np.asarray(layer.features[gene], dtype=float)
+    order = np.argsort(layer.features["spot_id"].to_numpy()) if "spot_id" in layer.features else slice(None)
+    assert column.shape[0] == expected.shape[0]
+    np.testing.assert_allclose(np.sort(column[order]), np.sort(expected[:, 0]), rtol=1e-4, atol=1e-5)
+
+
+def test_input_problems_are_shown_in_the_dock_before_anything_runs(qtbot, docks, base_run, tmp_path):
+    _, train = docks
+    _fill(qtbot, train, base_run, tmp_path / "new", epochs=2)
+    train.form.choose(train.form.validation, "C2")  # the training section again
+    assert train.check() is not None
+    _wait(qtbot, train)
+    assert train.problems.isVisible() or train.problems.text()
+    assert "validation section must differ" in train.problems.text()
+    assert not (tmp_path / "new" / "model.safetensors").exists()
+
+
+def test_cancel_from_the_dock_keeps_the_best_checkpoint(qtbot, docks, base_run, tmp_path):
+    from napari_dkan.engine.runs import TrainedModel
+
+    _, train = docks
+    out = tmp_path / "cancelled"
+    _fill(qtbot, train, base_run, out, epochs=200)
+    assert train.train() is not None
+    qtbot.waitUntil(lambda: len(train.history) >= 1, timeout=WAIT_MS)
+    train.cancel()
+    _wait(qtbot, train)
+    outcome = train.outcome
+    assert outcome is not None and outcome.status == "cancelled"
+    assert 1 <= outcome.epochs_run < 200 and outcome.best_epoch is not None
+    model = TrainedModel.load(out)
+    assert model.config["status"] == "cancelled"
+    assert "cancelled" in train.status.text()

@@ -23,8 +23,12 @@ def _coloured_fraction(rgb: np.ndarray) -> float:
 
 
 def _tissue_fraction(rgb: np.ndarray) -> float:
+    """H&E's pink to blue-violet: blue well above green, red above green, and not dark.
+
+    Grey UI has r ≈ g ≈ b; viridis is green-dominant except its dark purple end (mean < 80).
+    """
     r, g, b = (rgb[..., i].astype(int) for i in range(3))
-    return float(((r > g + 20) & (b > g + 20)).mean())  # H&E's pink/purple
+    return float(((b > g + 20) & (r > g) & ((r + g + b) / 3 > 80)).mean())
 
 
 def test_demo_screenshot_shows_tissue_and_coloured_spots(her2st, tmp_path, capsys):
@@ -45,7 +49,7 @@ def test_demo_screenshot_shows_tissue_and_coloured_spots(her2st, tmp_path, capsy
     rgb = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
     assert rgb.shape[0] >= 600 and rgb.shape[1] >= 1000
     assert rgb.std() > 20, "the screenshot is blank"
-    assert _tissue_fraction(rgb) > 0.02, "no tissue visible"
+    assert _tissue_fraction(rgb) > 0.03, "no tissue visible"
     assert _coloured_fraction(rgb) > 0.002, "no coloured spots visible"
     assert info["spots"] == 187 and "Pearson r" in info["scores"]
 

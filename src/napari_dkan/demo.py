@@ -90,7 +90,7 @@ def _ensure_display() -> Any:
         )
     from pyvirtualdisplay import Display
 
-    display = Display(visible=False, size=(1920, 1200), color_depth=24)
+    display = Display(visible=False, size=(2560, 1440), color_depth=24)
     display.start()
     return display
 
@@ -109,7 +109,7 @@ def _settle(app: Any, dock: Any, timeout: float = 600.0) -> None:
 
 def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str = "ERBB2",
              screenshot: str | Path | None = None, model: str | Path | None = None,
-             device: str = "auto", size: tuple[int, int] = (1700, 1000)) -> dict[str, Any]:
+             device: str = "auto", size: tuple[int, int] = (2000, 1000)) -> dict[str, Any]:
     """Open the demo; with ``screenshot``, save the view and return instead of blocking."""
     from napari_dkan.bundled import default_model_path
 
@@ -129,7 +129,7 @@ def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str 
         viewer = napari.Viewer(show=True, title=f"napari-dkan demo — HER2ST {section}")
         viewer.window.resize(*size)
         viewer.open(str(section_dir), plugin="napari-dkan")
-        _, dock = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+        predict_dock, dock = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
         _add_training_dock(viewer)
         app = QApplication.instance()
         if device != "auto":
@@ -144,6 +144,7 @@ def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str 
             raise DataError(f"{gene} is not in the model's gene panel")
         dock.set_gene(gene)
         dock.display.grid.setChecked(True)
+        predict_dock.raise_()  # the prediction dock in front, the training dock a tab away
         _settle(app, dock)
         info = {"section": section, "gene": gene, "model": str(model_path), "scores": dock.scores.text(),
                 "spots": dock.session.n_spots}

@@ -43,6 +43,7 @@ class TrainingCurves(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         self.records: list[EpochRecord] = []
+        self._update()
 
     def clear(self) -> None:
         self.records = []
@@ -73,7 +74,10 @@ class TrainingCurves(QWidget):
         self.pcc_line.set_label("fine-tuned" if self.base_line.get_visible() else "trained")
         for axes in (self.loss_axes, self.pcc_axes):
             axes.relim(visible_only=True)
+            axes.set_autoscale_on(True)  # set_xlim below turns it off
             axes.autoscale_view()
+        if not self.records:  # empty plots: epochs 1 to 10 rather than matplotlib's ±0.05
+            self.pcc_axes.set_xlim(0.5, 10.5)
         if self.records:
             self.pcc_axes.legend(fontsize=6, loc="best")
         self.canvas.draw_idle()

@@ -84,3 +84,24 @@ def test_download_failure_says_how_to_run_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(pooch, "retrieve", offline)
     with pytest.raises(DataError, match="--data-dir"):
         fetch_sample("C3")
+
+
+def test_demo_without_a_display_renders_a_picture_instead_of_failing(monkeypatch, tmp_path, capsys):
+    import napari_dkan.demo as demo
+
+    seen = {}
+
+    def fake_run(data_dir, section, gene, screenshot, model, device):
+        seen["screenshot"] = screenshot
+        return {"section": section, "gene": gene, "scores": "r", "screenshot": str(screenshot)}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["demo", "--data-dir", str(tmp_path)]) == 0
+    assert seen["screenshot"] == Path(demo.HEADLESS_SCREENSHOT)
+    assert "no display" in capsys.readouterr().err
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert main(["demo", "--data-dir", str(tmp_path)]) == 0
+    assert seen["screenshot"] is None  # a screen: the window opens

@@ -79,6 +79,10 @@ def fetch_sample(section: str = "C2", data_dir: str | Path | None = None) -> Pat
     return root
 
 
+#: where ``napari-dkan demo`` renders its view on a machine with no display
+HEADLESS_SCREENSHOT = "napari-dkan-demo.png"
+
+
 def _ensure_display() -> Any:
     """Start a virtual X display when there is none (headless machines); None otherwise."""
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):

@@ -20,15 +20,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gene", default="ERBB2", help="gene to show (default ERBB2)")
     p.add_argument("--model", type=Path, help="a run directory instead of the bundled model")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--screenshot", type=Path, help="save the view to this PNG and exit (no window needed)")
+    p.add_argument("--screenshot", type=Path, help="save the view to this PNG and exit (no window needed; the default on a "
+                   "Linux machine without a display, as ./napari-dkan-demo.png)")
     add_json_flag(p)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from napari_dkan.demo import run_demo
+    import os
+    import sys
 
-    info = run_demo(args.data_dir, args.section, args.gene, args.screenshot, args.model, args.device)
+    from napari_dkan.demo import HEADLESS_SCREENSHOT, run_demo
+
+    screenshot = args.screenshot
+    if screenshot is None and sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        screenshot = Path(HEADLESS_SCREENSHOT)  # no screen to open a window on: show it as a picture
+        print(f"no display: rendering the demo to {screenshot} instead of opening a window", file=sys.stderr)
+    info = run_demo(args.data_dir, args.section, args.gene, screenshot, args.model, args.device)
     text = f"HER2ST {info['section']}: {info['gene']} predicted vs measured — {info['scores']}"
     if info.get("screenshot"):
         text += f" → {info['screenshot']}"

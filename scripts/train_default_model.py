@@ -10,7 +10,9 @@
    ``gene_text.safetensors`` (resume files are left out), and ``MODEL_CARD.md``.
 
 Everything is seeded (2021) and runs on the CPU, so a rerun reproduces the figures; the script
-prints the cross-validation summary as JSON on its last line.
+prints the cross-validation summary as JSON on its last line.  ``--verify C4 [C5 ...]`` re-runs
+just those folds and checks them against the shipped ``metrics.json`` (±0.01 PCC-ALL), a
+cheaper check than the whole cross-validation.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "her2st")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--skip-cv", action="store_true", help="reuse the metrics in an existing card")
+    ap.add_argument("--verify", nargs="+", metavar="FOLD",
+                    help="only re-run these cross-validation folds (e.g. C4) and compare their metrics "
+                    "with the shipped metrics.json; exit 1 when PCC-ALL differs by more than 0.01")
     args = ap.parse_args(argv)
+    if args.verify:
+        return verify(args.data, args.out, args.verify)
 
     from napari_dkan.engine.cv import cross_validate, dataset_panel
     from napari_dkan.engine.runs import gene_text_for, prepare_sections, train_model
@@ -83,6 +90,27 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"out": str(args.out), "size_mb": round(size, 2),
                       "mean": (cv_summary or {}).get("mean"), "std": (cv_summary or {}).get("std")}))
     return 0
+
+
+def verify(data: Path, out: Path, folds: list[str], tolerance: float = 0.01) -> int:
+    """Re-run some folds of the recipe's cross-validation; compare with the shipped figures."""
+    from napari_dkan.engine.cv import cross_validate, dataset_panel
+    from napari_dkan.io import open_dataset
+
+    shipped = {f["fold"]: f for f in json.loads((out / "metrics.json").read_text())["folds"]}
+    ds = open_dataset(data)
+    result = cross_validate(ds, recipe(), "sections", SECTIONS, panel=dataset_panel(ds), only_folds=folds)
+    rows = []
+    for fold in result.to_dict()["folds"]:
+        ref = shipped[fold["fold"]]
+        rows.append({"fold": fold["fold"], "PCC-ALL": fold["PCC-ALL"], "shipped": ref["PCC-ALL"],
+                     "delta": fold["PCC-ALL"] - ref["PCC-ALL"],
+                     "best_epoch": fold["best_epoch"], "shipped_best_epoch": ref["best_epoch"]})
+        print(f"fold {fold['fold']}: PCC-ALL {fold['PCC-ALL']:.4f} vs shipped {ref['PCC-ALL']:.4f} "
+              f"(best epoch {fold['best_epoch']} vs {ref['best_epoch']})", file=sys.stderr)
+    ok = all(abs(r["delta"]) <= tolerance for r in rows)
+    print(json.dumps({"verified": ok, "tolerance": tolerance, "folds": rows, "seconds": round(result.seconds)}))
+    return 0 if ok else 1
 
 
 def model_card(config: dict, cv: dict | None) -> str:

@@ -109,3 +109,24 @@ def test_paper_protocol_needs_and_labels_a_test_fold(her2st, panel_file, tmp_pat
     assert "--test-sections" in capsys.readouterr().err
     assert main([*base, "--test-sections", "C3", "--json"]) == 0
     assert "leaky" in _json(capsys)["protocol"]
+
+
+def test_cv_reruns_chosen_folds_identically(her2st, panel_file):
+    """What ``scripts/train_default_model.py --verify`` relies on: a fold re-run alone is the same fold."""
+    from napari_dkan.engine.cv import cross_validate
+    from napari_dkan.engine.data import FeatureSpec
+    from napari_dkan.engine.runs import RunSpec
+    from napari_dkan.io import open_dataset
+    from napari_dkan.io.errors import DataError
+
+    ds = open_dataset(her2st)
+    panel = panel_file.read_text().split()
+    spec = RunSpec.for_preset("dkan", "tiny", features=FeatureSpec(encoder="tiny"))
+    spec.settings.epochs, spec.settings.device = 2, "cpu"
+    full = cross_validate(ds, spec, "sections", ["C2", "C3", "C4"], panel=panel).to_dict()
+    one = cross_validate(ds, spec, "sections", ["C2", "C3", "C4"], panel=panel, only_folds=["C3"]).to_dict()
+    assert [f["fold"] for f in one["folds"]] == ["C3"]
+    for key in ("MAE", "MSE", "PCC-ALL"):
+        assert one["folds"][0][key] == pytest.approx(full["folds"][1][key], rel=1e-6), key
+    with pytest.raises(DataError, match="no fold named B9"):
+        cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, only_folds=["B9"])

@@ -77,7 +77,9 @@ def cross_validate(
     on_status: StatusCallback | None = None,
     on_event: Callable[[str, TrainEvent], None] | None = None,
     cancel: CancelToken | None = None,
+    only_folds: Sequence[str] | None = None,
 ) -> CVResult:
+    """Cross-validate ``spec``; ``only_folds`` runs just the named folds (e.g. to re-check some)."""
     t0 = time.perf_counter()
     chosen = dataset.select(sections)
     usable = [s for s in chosen.sections if s.trainable]
@@ -88,10 +90,15 @@ def cross_validate(
         raise DataError(f"cross-validation needs at least 2 sections with image and counts; found {len(usable)}")
     panel = list(panel) if panel is not None else dataset_panel(dataset)
     check_panel(panel, usable)
-    gene_text = gene_text_for(spec, panel)
-    data = prepare_sections(usable, spec, panel, progress=on_status, cancel=cancel)
     patients = {s.name: s.patient for s in usable}
     folds = make_folds([s.name for s in usable], patients, folds_by, seed=spec.settings.seed)
+    if only_folds is not None:
+        unknown = sorted(set(only_folds) - {f.name for f in folds})
+        if unknown:
+            raise DataError(f"no fold named {', '.join(unknown)}; folds: {', '.join(f.name for f in folds)}")
+        folds = [f for f in folds if f.name in set(only_folds)]
+    gene_text = gene_text_for(spec, panel)
+    data = prepare_sections(usable, spec, panel, progress=on_status, cancel=cancel)
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="napari-dkan-cv-")

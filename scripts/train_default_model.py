@@ -151,7 +151,8 @@ Entrez Gene / GO (2022 snapshot).
 **Training.** Adam lr {tr['lr']}, StepLR({tr['step_size']}, {tr['gamma']}), batch {tr['batch_size']},
 up to {tr['epochs']} epochs, early stopping patience {tr['patience']} on validation PCC,
 InfoNCE over {tr['contrastive_genes']} genes drawn per step, seed {tr['seed']}, CPU.
-Reproduce with `python scripts/train_default_model.py --data PATH/TO/her2st`.
+Reproduce with `python scripts/train_default_model.py --data PATH/TO/her2st`; check single
+folds against the figures below with `... --verify C4` (±0.01 PCC-ALL).
 
 **Cross-validated metrics** (leave-one-section-out over B4, C2–C5, same recipe, inner
 validation; the paper's metric definitions):

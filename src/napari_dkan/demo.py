@@ -138,8 +138,10 @@ def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str 
         app = QApplication.instance()
         if device != "auto":
             dock.models.set_devices([device])
-        dock.choose_model(str(model_path))
-        _settle(app, dock)
+        _settle(app, dock)  # the dock may be loading the bundled model already
+        if dock.model is None or Path(dock.model.run_dir).resolve() != Path(model_path).resolve():
+            dock.choose_model(str(model_path))
+            _settle(app, dock)
         if dock.model is None:
             raise DataError(f"the model {model_path} could not be loaded (see the notification)")
         dock.predict()

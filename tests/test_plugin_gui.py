@@ -36,7 +36,13 @@ def viewer():
 def dock(viewer, her2st):
     # through napari's plugin manager, as a user's Plugins menu does; the dock first, then the
     # data, so the dock must notice the reader's layers as they arrive
-    _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    from napari_dkan import bundled
+
+    # the dock as an installation without a bundled model starts (no model chosen): these tests
+    # drive the tiny test model; the bundled model's own start-up is tested further down
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundled, "default_model_path", lambda: None)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
     from qtpy.QtWidgets import QApplication
 

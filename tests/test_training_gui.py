@@ -47,8 +47,12 @@ def docks(viewer, her2st, tmp_path_factory):
     from napari_dkan._widgets.recent_models import RecentModels
     from napari_dkan._widgets.training_dock import TrainingDock
 
+    from napari_dkan import bundled
+
     viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
-    _, predict = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    with pytest.MonkeyPatch.context() as mp:  # no bundled model loading in the background
+        mp.setattr(bundled, "default_model_path", lambda: None)
+        _, predict = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     # through the manifest, as the Plugins menu does; then one with a private registry and runs
     # folder, so the tests neither see nor leave models of other sessions
     _, listed = viewer.window.add_plugin_dock_widget("napari-dkan", "Fine-tune a model")

@@ -37,6 +37,15 @@ def test_train_then_evaluate_matches_the_cv_fold(model, her2st, panel_file, tmp_
     assert main(["train", *common, "--sections", "C2", "C3", "-o", str(run), "--json"]) == 0
     trained = _json(capsys)
     assert trained["val_sections"] == cv["folds"][2]["val_sections"]
+    # the parameter count is reported, and is the trained network's own
+    from napari_dkan.engine.runs import TrainedModel
+
+    net = TrainedModel.load(run)
+    assert trained["parameters"] == cv["folds"][2]["parameters"] == net.n_parameters > 0
+    if model == "ridge":
+        assert net.n_parameters == 12 * (net._net.coef.shape[0] + 1)
+    else:
+        assert net.n_parameters == sum(p.numel() for p in net._net.parameters())
     assert main(["evaluate", str(her2st), "--model", str(run), "--sections", "C4", "--device", "cpu",
                  "--reference-sections", "C2", "C3", "C4", "--json"]) == 0
     ev = _json(capsys)

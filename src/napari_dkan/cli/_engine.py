@@ -214,11 +214,11 @@ def _train(args: argparse.Namespace) -> int:
     payload = {"run": str(args.output), "model": spec.model, "status": model.config["status"],
                "protocol": model.protocol, "train_sections": fit_names, "val_sections": val_names,
                "best_epoch": res.get("best_epoch"), "best_val_pcc": res.get("best_val_pcc"),
-               "epochs_run": res.get("epochs_run"), "genes": len(panel),
+               "epochs_run": res.get("epochs_run"), "genes": len(panel), "parameters": model.n_parameters,
                "processes": distributed.current().world_size}
     text = (f"{spec.model} trained ({model.config['status']}) on {', '.join(fit_names)}; selected on "
             f"{', '.join(val_names)} [{model.protocol}]: best val PCC {_fmt(res.get('best_val_pcc'))} at "
-            f"epoch {res.get('best_epoch')} → {args.output}")
+            f"epoch {res.get('best_epoch')} → {args.output} ({model.n_parameters:,} trainable parameters)")
     if main:
         emit(args, payload, text)
     return 0
@@ -250,7 +250,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     payload = result.to_dict()
-    text = (f"{spec.model} ({spec.preset}, {spec.features.encoder}) — {result.protocol}; "
+    params = {f.get("parameters") for f in payload["folds"]} - {None}
+    text = (f"{spec.model} ({spec.preset}, {spec.features.encoder}"
+            + (f", {params.pop():,} trainable parameters" if len(params) == 1 else "")
+            + f") — {result.protocol}; "
             f"{len(result.report.folds)} folds in {result.seconds:.0f} s\n"
             + _table(result.report.folds, result.report.mean, result.report.std))
     emit(args, payload, text)

@@ -126,6 +126,7 @@ def cross_validate(
                 predictions[name] = model.predict(data[name], device=spec.settings.device)
             res = model.config.get("result", {})
             fold_info.append({"train_sections": fit_names, "val_sections": val_names,
+                              "parameters": model.n_parameters,
                               "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"),
                               "val_pcc": res.get("best_val_pcc")})
     finally:

@@ -331,9 +331,18 @@ class TrainedModel:
         text = None if self._text is None else self._text.to(dev)
         return predict_store(self._family, net, SpotStore([data], dev), text, cancel=cancel, progress=progress)
 
+    @property
+    def n_parameters(self) -> int:
+        """Trainable parameters of the network (the frozen image encoder not counted); for ridge
+        regression, its coefficients and intercepts."""
+        if self.kind == "ridge":
+            return int(self._net.coef.size + self._net.intercept.size)
+        return int(sum(p.numel() for p in self._net.parameters() if p.requires_grad))
+
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {"run": str(self.run_dir), "model": self.kind, "preset": c.get("preset"),
+                "parameters": self.n_parameters,
                 "genes": len(self.panel), "image_encoder": c["features"]["encoder"],
                 "text_encoder": (c.get("text") or {}).get("encoder"), "protocol": c.get("protocol"),
                 "trained_on": c["training"].get("train_sections")}

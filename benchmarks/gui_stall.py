@@ -40,10 +40,12 @@ def measure(action, busy, interval_ms: int, timeout_s: float, status) -> dict:
     from qtpy.QtCore import QEventLoop, QTimer
 
     ticks: list[float] = []
+    texts: list[str] = []
     loop = QEventLoop()
 
     def tick() -> None:
         ticks.append(time.perf_counter())
+        texts.append(status())
         if not busy():  # polled: a cached job can end before any signal could be connected
             loop.quit()
 
@@ -64,8 +66,12 @@ def measure(action, busy, interval_ms: int, timeout_s: float, status) -> dict:
         time.sleep(0.005)
     timer.stop()
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
+    worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else None
     gaps.sort()
     return {
+        # when the longest stall began (s after the action) and what the dock said just before and after
+        "longest_stall_at_s": round(ticks[worst] - t0, 2) if worst is not None else None,
+        "longest_stall_between": [texts[worst], texts[worst + 1]] if worst is not None else None,
         "seconds": round(seconds, 2),
         "status": status(),
         "ticks": len(ticks),

@@ -30,7 +30,7 @@ def test_shipped_files_are_safetensors_and_json_within_25_mb():
     assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".ckpt"))], "no pickles"
     assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) <= 25e6
     config = json.loads((MODEL_DIR / "config.json").read_text())
-    assert config["model"] == "dkan" and config["preset"] == "compact"
+    assert config["model"] in {"dkan", "dkan-improved"} and config["preset"] == "compact"
     assert config["features"]["encoder"] == "efficientnet-lite0-imagenet"
     assert sorted(config["training"]["train_sections"] + config["training"]["val_sections"]) == [
         "B4", "C2", "C3", "C4", "C5"]

@@ -226,3 +226,24 @@ def test_recent_models_announce_each_run_once_per_training(tmp_path):
     registry.add(tmp_path / "a", "fine-tuned: a")
     assert [e.path for e in registry.entries] == [str((tmp_path / p).resolve()) for p in ("b", "a")]
     assert [e.label for e in seen] == ["trained: a", "trained: b", "fine-tuned: a"]
+
+
+def test_frozen_heap_keeps_the_collector_off_existing_objects_and_gives_them_back():
+    import gc
+
+    from napari_dkan._widgets.jobs import frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000  # this process's objects, skipped by full collections
+        with frozen_heap():  # nested (a prediction beside a training): still frozen, not re-frozen
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0  # handed back: nothing leaks
+    try:
+        with frozen_heap():
+            raise RuntimeError("a failed job")
+    except RuntimeError:
+        pass
+    assert gc.get_freeze_count() == 0

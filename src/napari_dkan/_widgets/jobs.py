@@ -11,10 +11,12 @@ request is thrown away.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +35,34 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 POLL_S = 0.05
 Report = Callable[[str, int, int], None]
+
+
+_FROZEN = [0]
+_FROZEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector off the objects that exist now, while a job runs.
+
+    A full (generation 2) collection walks every object in the process — napari's, Qt's, torch's
+    — and holds the GIL while it does: measured 0.5–0.6 s, a frozen viewer, each time one fell in
+    a training thread.  ``gc.freeze()`` moves today's objects to a permanent generation the
+    collector skips, so collections during the job only walk what the job allocates; on exit
+    (the last of nested uses) ``gc.unfreeze()`` hands them back and nothing is leaked.
+    """
+    with _FROZEN_LOCK:
+        _FROZEN[0] += 1
+        if _FROZEN[0] == 1:
+            gc.freeze()
+    try:
+        yield
+    finally:
+        with _FROZEN_LOCK:
+            _FROZEN[0] -= 1
+            if _FROZEN[0] == 0:
+                gc.unfreeze()
+
 
 
 @dataclass(frozen=True)

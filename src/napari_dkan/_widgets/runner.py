@@ -18,7 +18,7 @@ from typing import Any
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
-from napari_dkan._widgets.jobs import Progress
+from napari_dkan._widgets.jobs import Progress, frozen_heap
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import Cancelled
 
@@ -147,6 +147,7 @@ def _drive(steps: Generator) -> Generator:
     does not accept the exception argument, and itself raises in the event loop.
     """
     try:
-        return (yield from steps)
+        with frozen_heap():  # no full garbage collection of napari's heap while the job runs
+            return (yield from steps)
     except Exception as exc:  # noqa: BLE001 - every failure is shown to the user by _report
         return _Failure(exc)

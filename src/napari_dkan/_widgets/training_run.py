@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_dkan._widgets.jobs import Progress
+from napari_dkan._widgets.jobs import Progress, frozen_heap
 from napari_dkan._widgets.training_plan import CheckResult, TrainingPlan, TrainingRequest, check_request
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken, Cancelled
@@ -211,9 +211,10 @@ def training_steps(request: TrainingRequest, cancel: threading.Event, check_only
             reports.put(None)
 
     # a thread of our own, because a generator cannot yield from inside the engine's callbacks
-    threading.Thread(target=target, name="napari-dkan-training", daemon=True).start()
-    while (item := reports.get()) is not None:
-        yield item
+    with frozen_heap():
+        threading.Thread(target=target, name="napari-dkan-training", daemon=True).start()
+        while (item := reports.get()) is not None:
+            yield item
     if "error" in box:
         raise box["error"]
     return box["result"]

@@ -104,14 +104,18 @@ def test_a_worker_killed_mid_run_loses_no_slide_and_a_rerun_skips_them_all(
     summary = predict_cohort(entries, model, out, connect=lambda: from_client(client),
                              on_outcome=kill_a_busy_worker)
     assert killed and killed["finished"] < len(entries) and killed["held"]  # mid-run, slides in hand
-    assert summary.counts == {"done": 7, "skipped": 0, "failed": 0}
+    # every slide ends done; a slide the killed worker had already written, but whose result died
+    # with it, is re-run elsewhere and found complete ("skipped"): nothing lost, nothing redone
+    assert summary.counts["failed"] == 0 and summary.counts["done"] + summary.counts["skipped"] == 7
     by_name = {o.name: o for o in summary.outcomes}
-    for name in killed["held"]:  # what the killed worker held was done by another process
+    assert {o.name for o in summary.outcomes if o.status == "skipped"} <= set(killed["held"])
+    for name in killed["held"]:  # what the killed worker held was finished by another process
         assert not by_name[name].worker.endswith(f":{killed['pid']}")
-    workers = {o.worker for o in summary.outcomes}
-    assert len(workers) >= 2
     # the model was loaded once per worker process, not once per slide
-    assert sum(bool(o.loaded_model) for o in summary.outcomes) == len(workers) < len(entries)
+    from collections import Counter
+
+    loads = Counter(o.worker for o in summary.outcomes if o.loaded_model)
+    assert set(loads.values()) == {1} and sum(loads.values()) < len(entries)
     for e in entries:
         _check_output(out / f"{e.name}.h5ad", model, panel)
     assert _check_output(out / "C2.h5ad", model, panel).n_obs == 187

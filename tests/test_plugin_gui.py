@@ -10,26 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from plugin_support import tiny_run
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def run_dir(her2st_dataset, panels_dir, tmp_path_factory):
-    return tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs"))
-
-
-@pytest.fixture(scope="module")
-def viewer():
-    import napari
-
-    # show=True under Xvfb: the canvas needs a framebuffer, or screenshots come back black
-    v = napari.Viewer(show=True)
-    v.window.resize(1400, 900)
-    yield v
-    v.close()
+def run_dir(tiny_run_dir):
+    return tiny_run_dir
 
 
 @pytest.fixture(scope="module")

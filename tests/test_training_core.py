@@ -24,22 +24,15 @@ from napari_dkan._widgets.training_plan import (
     describe_plan,
 )
 from napari_dkan._widgets.training_run import TrainingOutcome, release_device_memory, training_steps
-from plugin_support import PANEL_SIZE, tiny_run
+from plugin_support import PANEL_SIZE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: a second thread only contends on the busy cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def base_run(her2st_dataset, panels_dir, tmp_path_factory):
-    return tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs"))
+def base_run(tiny_run_dir):
+    return tiny_run_dir
 
 
 def _request(tmp_path, her2st, base_run=None, **kw) -> TrainingRequest:

@@ -11,35 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugin_support import tiny_run
-
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 WAIT_MS = 180_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def base_run(her2st_dataset, panels_dir, tmp_path_factory):
-    return tiny_run(her2st_dataset, panels_dir, tmp_path_factory.mktemp("runs"))
-
-
-@pytest.fixture(scope="module")
-def viewer():
-    import napari
-
-    v = napari.Viewer(show=True)
-    v.window.resize(1400, 900)
-    yield v
-    v.close()
+def base_run(tiny_run_dir):
+    return tiny_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -153,23 +153,42 @@ def train_model(
         raise DataError("ridge regression has no training loop to spread over processes; "
                         "train it without --distributed / torchrun")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     train = [data[n] for n in train_names]
     val = [data[n] for n in val_names]
-    protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
-    first = train[0]
-    dims = Dims(
+    dims = _dims(train[0], panel, gene_text)
+    config = _run_config(spec, dims, panel, train_names, val_names, dataset_info, base)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text_arr = _write_gene_text(run_dir, config, gene_text, panel)
+    if distributed.current().is_main:  # under torchrun, rank 0 alone writes the run's files
+        ckpt.write_json(run_dir / CONFIG_FILE, config)
+    if spec.model == "ridge":
+        return _train_ridge(run_dir, config, train, val)
+    fingerprint = _fingerprint(spec, config, train_names, val_names, base)
+    result: FitResult = fit(make_family(spec.model, config["network"]), dims, train, val, spec.settings,
+                            run_dir, text_arr, fingerprint, on_event=on_event, cancel=cancel,
+                            resume=resume, init_weights=base.state_dict() if base is not None else None)
+    return _finish_run(run_dir, config, result)
+
+
+def _dims(first: SectionData, panel: Sequence[str], gene_text: Any) -> Dims:
+    """The input and output sizes of the network, read off the data."""
+    return Dims(
         n_genes=len(panel),
         frozen_dim=int(first.patch_feat.shape[1]),
         token_dim=int(first.patch_tokens.shape[2]) if first.patch_tokens is not None else None,
         text_dim=int(gene_text.matrix.shape[1]) if gene_text is not None else None,
     )
-    network = spec.network()
+
+
+def _run_config(spec: RunSpec, dims: Dims, panel: Sequence[str], train_names: Sequence[str],
+                val_names: Sequence[str], dataset_info: dict[str, Any] | None,
+                base: TrainedModel | None) -> dict[str, Any]:
+    """The run's ``config.json`` as training starts (status "training", no result yet)."""
     config: dict[str, Any] = {
         "format": FORMAT,
         "model": spec.model,
         "preset": spec.preset if spec.model in ("dkan", "dkan-improved", "triplex") else None,
-        "network": network,
+        "network": spec.network(),
         "dims": dims.__dict__,
         "panel": list(panel),
         "target": {"normalisation": "log10(1 + 10000 * counts / panel total)", "smoothing": spec.smoothing},
@@ -177,7 +196,7 @@ def train_model(
         "text": None,
         "training": {**spec.settings.to_dict(), "train_sections": list(train_names),
                      "val_sections": list(val_names), "validation": spec.validation},
-        "protocol": protocol,
+        "protocol": PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL,
         "dataset": dataset_info or {},
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -185,46 +204,53 @@ def train_model(
     }
     if base is not None:
         config["fine_tuned_from"] = str(base.run_dir)
-    main = distributed.current().is_main  # under torchrun, rank 0 alone writes the run's files
-    text_arr = None
-    if gene_text is not None:
-        text_arr = np.asarray(gene_text.matrix, dtype=np.float32)
-        if main:
-            ckpt.save_tensors(run_dir / TEXT_FILE, {"gene_text": text_arr},
-                              metadata={"genes": json.dumps(list(panel))})
-        distributed.barrier()  # every rank fingerprints the run with the digest of that file
-        digest = ckpt.sha256(run_dir / TEXT_FILE)
-        config["text"] = {"encoder": gene_text.encoder, "pooling": gene_text.pooling,
-                          "provenance": gene_text.provenance, "sha256": digest}
-    if main:
-        ckpt.write_json(run_dir / CONFIG_FILE, config)
+    return config
 
-    if spec.model == "ridge":
-        from napari_dkan.engine.ridge import fit_ridge
 
-        ridge = fit_ridge(train, val)
-        digest = ckpt.save_tensors(run_dir / MODEL_FILE, ridge.tensors())
-        config.update(status="finished", files={MODEL_FILE: digest},
-                      result={"alpha": ridge.alpha, "history": ridge.history})
-        ckpt.write_json(run_dir / CONFIG_FILE, config)
-        return TrainedModel.load(run_dir)
+def _write_gene_text(run_dir: Path, config: dict[str, Any], gene_text: Any,
+                     panel: Sequence[str]) -> np.ndarray | None:
+    """Store the gene-text embeddings (rank 0) and record their digest in ``config``."""
+    if gene_text is None:
+        return None
+    text_arr = np.asarray(gene_text.matrix, dtype=np.float32)
+    if distributed.current().is_main:
+        ckpt.save_tensors(run_dir / TEXT_FILE, {"gene_text": text_arr},
+                          metadata={"genes": json.dumps(list(panel))})
+    distributed.barrier()  # every rank fingerprints the run with the digest of that file
+    config["text"] = {"encoder": gene_text.encoder, "pooling": gene_text.pooling,
+                      "provenance": gene_text.provenance, "sha256": ckpt.sha256(run_dir / TEXT_FILE)}
+    return text_arr
 
-    family = make_family(spec.model, network)
-    fingerprint = {"network": network, "dims": dims.__dict__, "panel": _digest(panel),
-                   "features": spec.features.to_dict(), "settings": spec.settings.to_dict(),
-                   "train": list(train_names), "val": list(val_names), "smoothing": spec.smoothing,
-                   "text": config["text"]["sha256"] if config["text"] else None,
-                   "base": str(base.run_dir) if base is not None else None}
-    init = None
-    if base is not None:
-        init = base.state_dict()
-    result: FitResult = fit(family, dims, train, val, spec.settings, run_dir, text_arr, fingerprint,
-                            on_event=on_event, cancel=cancel, resume=resume, init_weights=init)
+
+def _fingerprint(spec: RunSpec, config: dict[str, Any], train_names: Sequence[str],
+                 val_names: Sequence[str], base: TrainedModel | None) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoints."""
+    return {"network": config["network"], "dims": config["dims"], "panel": _digest(config["panel"]),
+            "features": spec.features.to_dict(), "settings": spec.settings.to_dict(),
+            "train": list(train_names), "val": list(val_names), "smoothing": spec.smoothing,
+            "text": config["text"]["sha256"] if config["text"] else None,
+            "base": str(base.run_dir) if base is not None else None}
+
+
+def _train_ridge(run_dir: Path, config: dict[str, Any], train: list[SectionData],
+                 val: list[SectionData]) -> TrainedModel:
+    from napari_dkan.engine.ridge import fit_ridge
+
+    ridge = fit_ridge(train, val)
+    digest = ckpt.save_tensors(run_dir / MODEL_FILE, ridge.tensors())
+    config.update(status="finished", files={MODEL_FILE: digest},
+                  result={"alpha": ridge.alpha, "history": ridge.history})
+    ckpt.write_json(run_dir / CONFIG_FILE, config)
+    return TrainedModel.load(run_dir)
+
+
+def _finish_run(run_dir: Path, config: dict[str, Any], result: FitResult) -> TrainedModel:
+    """Record the outcome of training in ``config.json`` and load the selected model."""
     config.update(status=result.status, files={MODEL_FILE: result.best_sha256},
                   result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                           "best_val_pcc": result.best_val_pcc, "resumed_from": result.resumed_from,
                           "history": result.history})
-    if main:
+    if distributed.current().is_main:
         ckpt.write_json(run_dir / CONFIG_FILE, config)
     distributed.barrier()  # the other ranks load the run rank 0 has just finished writing
     if result.best_sha256 is None:

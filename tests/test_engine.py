@@ -47,7 +47,8 @@ def gene_text(panel):
 def test_train_writes_a_self_contained_run(data, panel, gene_text, tmp_path):
     model = train_model(data, ["C2"], ["C3"], _spec(), panel, tmp_path / "run", gene_text=gene_text)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "model.safetensors", "gene_text.safetensors", "last.safetensors", "state.json"} <= files
+    assert {"config.json", "model.safetensors", "gene_text.safetensors", "state.json"} <= files
+    assert [f for f in files if f.startswith(("last", "best"))] == ["last-e0003.safetensors"]
     cfg = model.config
     assert cfg["panel"] == list(panel) and cfg["features"]["encoder"] == "tiny"
     assert cfg["text"]["encoder"] and cfg["versions"]["torch"]
@@ -86,7 +87,7 @@ def test_corrupt_checkpoints_are_detected(data, panel, gene_text, tmp_path):
     weights.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="corrupt"):
         TrainedModel.load(run)
-    (run / "last.safetensors").write_bytes(b"not a checkpoint")
+    (run / "last-e0001.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         train_model(data, ["C2"], ["C3"], _spec(epochs=2), panel, run, gene_text=gene_text)
 

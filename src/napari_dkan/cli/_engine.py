@@ -95,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _spec(args: argparse.Namespace):  # noqa: ANN202
     from napari_dkan.engine.data import FeatureSpec
     from napari_dkan.engine.runs import RunSpec
+    from napari_dkan.io.errors import DataError
 
     spec = RunSpec.for_preset(
         args.model, args.preset,
@@ -109,6 +110,13 @@ def _spec(args: argparse.Namespace):  # noqa: ANN202
         if value is not None:
             setattr(s, name, value)
     s.device = args.device
+    s.check()  # every number, before any file is read or written
+    for flag in ("mpp", "target_mpp"):
+        value = getattr(args, flag, None)
+        if value is not None and not value > 0:
+            raise DataError(f"--{flag.replace('_', '-')} must be a positive number of µm per pixel, got {value}")
+    if getattr(args, "panel_size", 1) < 1:
+        raise DataError(f"--panel-size must be at least 1, got {args.panel_size}")
     return spec
 
 
@@ -174,7 +182,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from napari_dkan.engine import distributed
-    from napari_dkan.engine.runs import gene_text_for, prepare_sections, train_model
+    from napari_dkan.engine.runs import (
+        gene_text_for,
+        preflight_run_folder,
+        prepare_sections,
+        train_model,
+    )
     from napari_dkan.engine.splits import inner_validation
     from napari_dkan.io.dataset import open_dataset
     from napari_dkan.io.errors import DataError
@@ -188,9 +201,13 @@ def _train(args: argparse.Namespace) -> int:
     extra = list(args.val_sections or []) + (list(args.test_sections or []) if args.paper_protocol else [])
     if args.paper_protocol and not args.test_sections:
         raise DataError("--paper-protocol selects on the test fold: name it with --test-sections")
+    _refuse_overlap([s.name for s in train_secs], args)
+    main = distributed.current().is_main  # under torchrun only rank 0 reports
+    folder = preflight_run_folder(args.output, spec, str(ds.root))
+    if folder.refused:  # before any feature is computed or any file written
+        raise DataError(folder.message)
     panel = _panel(args, ds)
     check_panel(panel, train_secs)
-    main = distributed.current().is_main  # under torchrun only rank 0 reports
     bars = _Bars(not args.json and main)
     with distributed.main_first():  # rank 0 fills the feature and text caches, the others read them
         gene_text = gene_text_for(spec, panel)
@@ -204,10 +221,12 @@ def _train(args: argparse.Namespace) -> int:
         fit_part, val_part = inner_validation([data[n] for n in names], spec.validation, spec.settings.seed)
         data.update({s.name: s for s in (*fit_part, *val_part)})
         fit_names, val_names = [s.name for s in fit_part], [s.name for s in val_part]
+    seen: list[Any] = []
     try:
         model = train_model(data, fit_names, val_names, spec, panel, args.output, gene_text=gene_text,
                             dataset_info={"path": str(ds.root), "sections": names},
-                            on_event=lambda e: bars.train_event("", e))
+                            on_event=lambda e: bars.train_event("", e),
+                            on_folder=lambda f: (seen.append(f), _say(f.message, not args.json and main)))
     finally:
         bars.close()
     res = model.config.get("result", {})
@@ -215,13 +234,32 @@ def _train(args: argparse.Namespace) -> int:
                "protocol": model.protocol, "train_sections": fit_names, "val_sections": val_names,
                "best_epoch": res.get("best_epoch"), "best_val_pcc": res.get("best_val_pcc"),
                "epochs_run": res.get("epochs_run"), "genes": len(panel), "parameters": model.n_parameters,
-               "processes": distributed.current().world_size}
+               "processes": distributed.current().world_size,
+               "output_folder": seen[0].action if seen else None}
     text = (f"{spec.model} trained ({model.config['status']}) on {', '.join(fit_names)}; selected on "
             f"{', '.join(val_names)} [{model.protocol}]: best val PCC {_fmt(res.get('best_val_pcc'))} at "
             f"epoch {res.get('best_epoch')} → {args.output} ({model.n_parameters:,} trainable parameters)")
     if main:
         emit(args, payload, text)
     return 0
+
+
+def _refuse_overlap(train: list[str], args: argparse.Namespace) -> None:
+    """Validation (or, with --paper-protocol, test) sections must not be training sections."""
+    from napari_dkan.io.errors import DataError
+
+    for flag, names in (("--val-sections", args.val_sections),
+                        ("--test-sections", args.test_sections if args.paper_protocol else None)):
+        shared = [n for n in names or [] if n in train]
+        if shared:
+            raise DataError(f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} in both --sections and "
+                            f"{flag}: the checkpoint would be selected on spots it was trained on. Leave "
+                            f"{'it' if len(shared) == 1 else 'them'} out of --sections (the training sections)")
+
+
+def _say(text: str, enabled: bool) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _table(rows: list[dict], mean: dict, std: dict) -> str:
@@ -292,21 +330,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
     from napari_dkan.io.dataset import open_section
     from napari_dkan.io.errors import DataError
+    from napari_dkan.storage import atomic_write, check_writable
 
     model = load_model_arg(args.model)
     section = open_section(args.path, args.sections[0] if args.sections else None, args.spots,
                            image=args.image, mpp=args.mpp)
     if args.output.suffix != ".h5ad":
         raise DataError(f"output must be an .h5ad file, got {args.output.name}")
+    if args.output.is_dir():
+        raise DataError(f"the output {args.output} is a folder: give an .h5ad file name")
+    check_writable(args.output.parent.resolve())  # before any feature is computed
     bars = _Bars(not args.json)
     try:
         adata = predict_section(model, section, device=args.device, progress=bars.status)
     finally:
         bars.close()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(args.output)
+    atomic_write(args.output, adata.write_h5ad)
     payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
                "model": str(model.run_dir)}
     emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}")

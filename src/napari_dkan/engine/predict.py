@@ -32,10 +32,50 @@ def predict_section(
     """An AnnData of the model's predictions for every spot of ``section``."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
-    data = model.section_data(section, with_targets=section.has_counts, progress=feats_cb,
+    absent = absent_genes(model.panel, section)
+    data = model.section_data(section, with_targets=section.has_counts and not absent, progress=feats_cb,
                               cancel=cancel, device=device)
     pred = model.predict(data, device=device, progress=pred_cb, cancel=cancel)
-    return to_anndata(model, section, pred, measured=data.y)
+    check_finite(pred, section.name)
+    measured = data.y
+    if section.has_counts and absent and len(absent) < len(model.panel):
+        measured = measured_targets(model, section, absent)
+    adata = to_anndata(model, section, pred, measured=measured)
+    if section.has_counts and absent:
+        adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
+    return adata
+
+
+def absent_genes(panel: list[str], section: Section) -> list[str]:
+    """Panel genes the section's counts do not measure (prediction needs no counts; only the
+    comparison with measured values is limited to the genes that are there)."""
+    if not section.has_counts:
+        return []
+    have = set(section.load_counts().genes)
+    return [g for g in panel if g not in have]
+
+
+def measured_targets(model: TrainedModel, section: Section, absent: list[str]) -> np.ndarray:
+    """Measured targets of the genes present; the absent genes' columns are NaN (not measured).
+
+    The normalisation is over the panel genes measured (absent genes count as zero)."""
+    from napari_dkan.io.expression import section_targets
+
+    y = section_targets(section, model.panel, smoothing=model.smoothing, missing="zero")
+    y[:, [model.panel.index(g) for g in absent]] = np.nan
+    return y
+
+
+def check_finite(pred: np.ndarray, section: str) -> None:
+    """A prediction with a NaN or infinity is never written: say where it went wrong."""
+    bad = ~np.isfinite(pred)
+    if bad.any():
+        from napari_dkan.io.errors import DataError
+
+        spots = int(bad.any(axis=1).sum())
+        raise DataError(f"the prediction for {spots} of {len(pred)} spots of {section} is not a number "
+                        "(non-finite image features or weights); nothing was written. Check the slide's "
+                        "pixels and the model's weights")
 
 
 def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,

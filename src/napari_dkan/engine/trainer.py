@@ -7,8 +7,11 @@ of the validation sections, seed 2021.
 Determinism and resume: the shuffling, augmentation and dropout of epoch *e* are drawn from
 generators seeded with (seed, e), so a run resumed after epoch *e* continues exactly as the
 uninterrupted run would.  After every epoch the last weights and optimizer state are written
-(``last.safetensors`` + ``state.json``) and, on improvement, the best weights
-(``model.safetensors``) — all atomically.  A cancel request is honoured after the current step:
+and, on improvement, the best weights — each atomically, under a new name (``last-e0007.safetensors``,
+``best-e0007.safetensors``) — and only then ``state.json``, which points at them; files it no
+longer points at are removed last.  So a crash between any two writes leaves a state whose files
+are all there, and the run resumes.  When training ends, the best weights are published as
+``model.safetensors``.  A cancel request is honoured after the current step:
 the epoch in progress is dropped, the best checkpoint is kept, and a later call resumes.
 The engine never prints: it reports :class:`TrainEvent` through a callback.
 
@@ -23,6 +26,7 @@ contrastive gene subset stays shared, as it would be for one global batch.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,13 +40,24 @@ import torch
 from napari_dkan.engine import checkpoint as ckpt
 from napari_dkan.engine import distributed as dist
 from napari_dkan.engine.data import SectionData
-from napari_dkan.engine.families import DKANFamily, Dims, NH2STFamily, SpotStore, predict_store
+from napari_dkan.engine.families import Dims, DKANFamily, NH2STFamily, SpotStore, predict_store
 from napari_dkan.engine.metrics import pearson_per_gene
 from napari_dkan.progress import CancelToken
+from napari_dkan.storage import atomic_write
 
 MODEL_FILE = "model.safetensors"
-LAST_FILE = "last.safetensors"
+LAST_FILE = "last.safetensors"  # runs written before checkpoints had per-epoch names
 STATE_FILE = "state.json"
+
+
+def last_file(epoch: int) -> str:
+    """Weights and optimiser state after ``epoch`` (1-based)."""
+    return f"last-e{epoch:04d}.safetensors"
+
+
+def best_file(epoch: int) -> str:
+    """The best weights, found at ``epoch`` (1-based)."""
+    return f"best-e{epoch:04d}.safetensors"
 
 
 @dataclass
@@ -67,6 +82,34 @@ class TrainSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
         return cls(**data)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these numbers, one sentence each (empty when they can train)."""
+        out = []
+        for name, least in (("epochs", 1), ("batch_size", 1), ("patience", 1), ("step_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                out.append(f"{name.replace('_', ' ')} must be a whole number of at least {least}, got {value!r}")
+        for name in ("lr", "gamma"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                out.append(f"{'the learning rate' if name == 'lr' else name} must be a positive number, "
+                           f"got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            out.append(f"weight decay must be zero or positive, got {self.weight_decay!r}")
+        if self.contrastive_genes is not None and (not isinstance(self.contrastive_genes, int)
+                                                   or self.contrastive_genes < 2):
+            out.append(f"contrastive genes must be at least 2 (or all), got {self.contrastive_genes!r}")
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`~napari_dkan.io.errors.DataError` listing every wrong number."""
+        problems = self.problems()
+        if problems:
+            from napari_dkan.io.errors import DataError
+
+            raise DataError("; ".join(problems))
 
 
 @dataclass
@@ -135,6 +178,7 @@ class _Progress:
     bad: int = 0
     best_sha: str | None = None
     status: str = "running"
+    best_name: str | None = None  # the file holding the best weights (``best_file`` or MODEL_FILE)
 
     def result(self, status: str, resumed_from: int) -> FitResult:
         return FitResult(status, len(self.history), self.best_epoch, _finite(self.best), self.history,
@@ -168,6 +212,7 @@ def fit(
     if progress is None:
         progress = _Progress()
     elif progress.status in ("finished", "early-stopped"):
+        _publish_best(run_dir, progress)
         return progress.result(progress.status, progress.epoch)
     resumed_from = progress.epoch
     steps = max(1, math.ceil(len(loop.train_store) / (settings.batch_size * ctx.world_size)))
@@ -188,6 +233,7 @@ def fit(
             status = "early-stopped"
             break
     progress.best_sha = dist.broadcast_digest(progress.best_sha)
+    _publish_best(run_dir, progress)
     return progress.result(status, resumed_from)
 
 
@@ -222,13 +268,14 @@ def _resume(run_dir: Path, fingerprint: dict[str, Any], loop: _Loop) -> _Progres
             f"{run_dir} holds a different training run (model, data or settings differ); "
             "choose another output folder, or delete it to start over"
         )
-    tensors = ckpt.load_tensors(run_dir / LAST_FILE, state.get("last_sha256"))
+    tensors = ckpt.load_tensors(run_dir / state.get("last_file", LAST_FILE), state.get("last_sha256"))
     loop.net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     loop.opt.load_state_dict(ckpt.join_optimizer_state(tensors, state["optimizer"]))
     loop.sched.load_state_dict(state["scheduler"])
     best = state["best_val_pcc"] if state["best_val_pcc"] is not None else -math.inf
     return _Progress(int(state["epoch"]), list(state["history"]), best, state["best_epoch"],
-                     int(state["bad_epochs"]), state.get("best_sha256"), state.get("status", "running"))
+                     int(state["bad_epochs"]), state.get("best_sha256"), state.get("status", "running"),
+                     state.get("best_file", MODEL_FILE if state.get("best_sha256") else None))
 
 
 def _train_epoch(family: DKANFamily | NH2STFamily, loop: _Loop, settings: TrainSettings, epoch: int,
@@ -280,8 +327,9 @@ def _end_epoch(family: DKANFamily | NH2STFamily, loop: _Loop, settings: TrainSet
     if improved:
         progress.best = val_pcc if loop.has_val else -math.inf
         progress.best_epoch, progress.bad = epoch + 1, 0
+        progress.best_name = best_file(epoch + 1)
         if ctx.is_main:
-            progress.best_sha = ckpt.save_tensors(run_dir / MODEL_FILE, loop.net.state_dict())
+            progress.best_sha = ckpt.save_tensors(run_dir / progress.best_name, loop.net.state_dict())
     else:
         progress.bad += 1
     record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_pcc": _finite(val_pcc),
@@ -294,7 +342,8 @@ def _end_epoch(family: DKANFamily | NH2STFamily, loop: _Loop, settings: TrainSet
     progress.status = "early-stopped" if done else ("finished" if epoch + 1 == settings.epochs else "running")
     if ctx.is_main:
         _save_state(run_dir, loop.net, loop.opt, loop.sched, epoch + 1, progress.history, progress.best,
-                    progress.best_epoch, progress.bad, progress.status, fingerprint, progress.best_sha)
+                    progress.best_epoch, progress.bad, progress.status, fingerprint, progress.best_sha,
+                    progress.best_name)
     dist.barrier()  # the epoch's checkpoints are on disk before any rank goes on
     return record, done
 
@@ -317,17 +366,49 @@ def _has_unused_parameters(family: DKANFamily | NH2STFamily, net: torch.nn.Modul
 
 def _save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int,
                 history: list, best: float, best_epoch: int | None, bad: int, status: str,
-                fingerprint: dict[str, Any], best_sha: str | None) -> None:
+                fingerprint: dict[str, Any], best_sha: str | None, best_name: str | None = None) -> None:
+    """Checkpoint an epoch: the new last weights under a new name, then the state pointing at
+    them (and at the best weights, already written), then the files nothing points at go."""
     opt_tensors, opt_rest = ckpt.split_optimizer_state(opt.state_dict())
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
-    digest = ckpt.save_tensors(run_dir / LAST_FILE, tensors)
-    ckpt.write_json(run_dir / STATE_FILE, {
+    last = last_file(epoch)
+    digest = ckpt.save_tensors(run_dir / last, tensors)
+    _write_state(run_dir, {
         "epoch": epoch, "status": status, "history": history, "best_val_pcc": _finite(best),
         "best_epoch": best_epoch, "bad_epochs": bad, "optimizer": opt_rest,
-        "scheduler": sched.state_dict(), "last_sha256": digest, "best_sha256": best_sha,
-        "fingerprint": fingerprint,
+        "scheduler": sched.state_dict(), "last_file": last, "last_sha256": digest,
+        "best_file": best_name, "best_sha256": best_sha, "fingerprint": fingerprint,
     })
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    ckpt.write_json(run_dir / STATE_FILE, state)
+    keep = {state.get("last_file"), state.get("best_file")}
+    for pattern in ("last-e*.safetensors", "best-e*.safetensors", LAST_FILE):
+        for old in run_dir.glob(pattern):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+
+def _publish_best(run_dir: Path, progress: _Progress) -> None:
+    """Make the best weights the run's ``model.safetensors`` (rank 0).
+
+    The copy is written first; the state then points at it, and only then does the per-epoch
+    file go, so the state never names a missing file.
+    """
+    name = progress.best_name
+    if not dist.current().is_main or name is None or name == MODEL_FILE or progress.best_sha is None:
+        return
+    src = run_dir / name
+    data = src.read_bytes()
+    if hashlib.sha256(data).hexdigest() != progress.best_sha:
+        raise ckpt.CheckpointError(f"{src} does not match the checksum recorded when it was written: "
+                                   "the file is corrupt or was replaced. Retrain, or restore it from a backup.")
+    atomic_write(run_dir / MODEL_FILE, data)
+    state = ckpt.read_json(run_dir / STATE_FILE)
+    state["best_file"] = progress.best_name = MODEL_FILE
+    _write_state(run_dir, state)
 
 
 def _finite(x: float | None) -> float | None:

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_dkan.features.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from napari_dkan.io.errors import DataError
+from napari_dkan.storage import file_identity
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 DEFAULT_ENCODER = "efficientnet-lite0-imagenet"
 RANDOM, HUB, PACKAGE = "random", "hub", "package"
@@ -171,8 +171,7 @@ def list_encoders() -> dict[str, str]:
 
 
 def _file_identity(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return file_identity(path)
 
 
 def package_weight_file() -> Path:

@@ -108,17 +108,18 @@ def extract_section_features(
     label = f"{section.dataset}-{section.name}-{spec.family}-{region_mode}"
     path = cache_file(key, label)
     if cache:
-        hit = load_arrays(path, key)
+        hit, hit_path = load_arrays(path, key), path
         if hit is None and not tokens:
             # features cached with tokens hold everything a token-less request needs
             with_tokens = replace(key, tokens=True)
-            hit = load_arrays(cache_file(with_tokens, label), with_tokens)
+            hit_path = cache_file(with_tokens, label)
+            hit = load_arrays(hit_path, with_tokens)
         if hit is not None:
             feats = _from_arrays(spots.spot_id, *hit)
             if feats is not None:
                 seconds = time.perf_counter() - t0
                 built = {f"built_{k}": feats.meta.get(k) for k in ("seconds", "encoder_passes_per_spot")}
-                feats.meta.update(**built, cache_hit=True, cache_path=str(path), seconds=seconds,
+                feats.meta.update(**built, cache_hit=True, cache_path=str(hit_path), seconds=seconds,
                                   tiles_encoded=0, passes=0, encoder_passes_per_spot=0.0,
                                   tiles_per_s=0.0, spots_per_s=len(spots) / max(seconds, 1e-9))
                 report(progress, 1, 1)

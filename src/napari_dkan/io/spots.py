@@ -39,6 +39,9 @@ _NEIGHBOUR_OFFSETS = {
     GridLayout.SQUARE: [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)],
     GridLayout.HEX: [(0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)],
 }
+#: the largest (|row|, |col|) step to a grid neighbour in any layout: how far smoothing reaches
+SMOOTHING_REACH = (max(abs(dr) for o in _NEIGHBOUR_OFFSETS.values() for dr, _ in o),
+                   max(abs(dc) for o in _NEIGHBOUR_OFFSETS.values() for _, dc in o))
 
 
 @dataclass(frozen=True, eq=False)

@@ -229,6 +229,10 @@ def _table(rows: list[dict], mean: dict, std: dict) -> str:
     lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>9}" for m in METRICS) for r in rows]
     lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>9}" for m in METRICS))
     lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>9}" for m in METRICS))
+    if "GENE-R-PRED" in mean:
+        from napari_dkan.engine.collapse import describe
+
+        lines.append(describe(mean))
     return "\n".join(lines)
 
 

@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _spec_args(p)
     p.add_argument("--folds", default="sections", help="sections (default), patients, or kfold:K")
     p.add_argument("-o", "--output", type=Path, help="keep each fold's run here (resumable)")
+    p.add_argument("--only-folds", nargs="+", metavar="FOLD",
+                   help="run just these folds (e.g. B4; several processes can share one -o folder)")
     add_json_flag(p)
     p.set_defaults(func=cmd_cv)
 
@@ -267,6 +269,10 @@ def _table(rows: list[dict], mean: dict, std: dict) -> str:
     lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>9}" for m in METRICS) for r in rows]
     lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>9}" for m in METRICS))
     lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>9}" for m in METRICS))
+    if "GENE-R-PRED" in mean:
+        from napari_dkan.engine.collapse import describe
+
+        lines.append(describe(mean))
     return "\n".join(lines)
 
 
@@ -284,7 +290,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     bars = _Bars(not args.json)
     try:
         result = cross_validate(ds, spec, args.folds, args.sections, panel=panel, out_dir=args.output,
-                                on_status=bars.status, on_event=bars.train_event)
+                                on_status=bars.status, on_event=bars.train_event, only_folds=args.only_folds)
     finally:
         bars.close()
     payload = result.to_dict()

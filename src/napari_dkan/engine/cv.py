@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_dkan.engine.collapse import COLLAPSE_KEYS, collapse_scores, mean_collapse
 from napari_dkan.engine.data import SectionData
 from napari_dkan.engine.metrics import FoldScores, Report, report, score_slide
 from napari_dkan.engine.runs import (
@@ -47,7 +48,21 @@ def score_sections(predictions: dict[str, np.ndarray], data: dict[str, SectionDa
         FoldScores(f.name, [score_slide(n, predictions[n], data[n].y) for n in f.test]) for f in folds
     ]
     ref = list(reference) if reference is not None else [n for f in folds for n in f.test]
-    return report(fold_scores, [data[n].y for n in ref], list(panel))
+    rep = report(fold_scores, [data[n].y for n in ref], list(panel))
+    add_collapse(rep, [mean_collapse([collapse_scores(predictions[n], data[n].y) for n in f.test])
+                       for f in folds])
+    return rep
+
+
+def add_collapse(rep: Report, per_fold: list[dict[str, float]]) -> None:
+    """Put the gene-collapse numbers (:mod:`napari_dkan.engine.collapse`) into a report's
+    fold rows, mean and std, beside the paper's metrics."""
+    for row, values in zip(rep.folds, per_fold):
+        row.update(values)
+    for key in COLLAPSE_KEYS:
+        column = np.array([v[key] for v in per_fold], dtype=np.float64)
+        rep.mean[key] = float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
+        rep.std[key] = float(np.nanstd(column)) if np.isfinite(column).any() else float("nan")
 
 
 @dataclass

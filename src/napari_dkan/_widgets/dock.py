@@ -42,6 +42,7 @@ from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.scope import Scope, visible_box
 from napari_dkan._widgets.session import Display, SpotSession
 from napari_dkan._widgets.sources import META_KEY, source_of_layer
+from napari_dkan._widgets.trust_view import TrustPanel, UncertaintyLayer, mark_reliability
 from napari_dkan.io.errors import DataError
 
 if TYPE_CHECKING:
@@ -92,6 +93,10 @@ class PredictionDock(QWidget):
         self.status.setWordWrap(True)
         self.genes = GenePicker()
         self.scores = QLabel("")
+        self.scores.setWordWrap(True)
+        self.trust = TrustPanel()
+        self.uncertainty: UncertaintyLayer | None = None
+        self._spot_trust: Any = None
         self.display = DisplayControls()
         self.export_h5ad = QPushButton("Export .h5ad…")
         self.export_csv = QPushButton("Export .csv…")
@@ -101,7 +106,7 @@ class PredictionDock(QWidget):
         scope_row = _row(QLabel("spots:"), self.scope_fov, self.scope_all)
         run_row = _row(self.predict_button, self.cancel_button)
         predict_box = _group("Predict", scope_row, run_row, self.progress, self.status)
-        compare_box = _group("Compare", self.genes, self.scores, self.display)
+        compare_box = _group("Compare", self.genes, self.trust, self.scores, self.display)
         export_box = _group("Export predictions", _row(self.export_h5ad, self.export_csv))
         layout = QVBoxLayout(self)
         for box in (slide_box, model_box, predict_box, compare_box, export_box):
@@ -117,6 +122,8 @@ class PredictionDock(QWidget):
         self.display.display_changed.connect(self._display_changed)
         self.display.residual_toggled.connect(self._residual_toggled)
         self.display.grid_toggled.connect(self.set_side_by_side)
+        self.trust.order_changed.connect(self._refresh_trust)
+        self.trust.uncertainty_toggled.connect(self.set_uncertainty_visible)
         self.export_h5ad.clicked.connect(lambda: self._export_dialog(".h5ad"))
         self.export_csv.clicked.connect(lambda: self._export_dialog(".csv"))
         events = self.viewer.layers.events
@@ -183,6 +190,8 @@ class PredictionDock(QWidget):
         session = SpotSession(source, source.open())
         self.session = session
         self.builder = LayerBuilder(self.viewer, session, slide_layer)
+        self.uncertainty = UncertaintyLayer(self.viewer, self.builder)
+        self._spot_trust = None
         session.gene_changed.connect(self._gene_changed)
         session.values_changed.connect(self._show_scores)
         session.display_changed.connect(self._show_scores)
@@ -229,8 +238,13 @@ class PredictionDock(QWidget):
             + (f" · text encoder {info['text_encoder']}" if info.get("text_encoder") else "")
             + (f" · trained on {', '.join(info['trained_on'])}" if info.get("trained_on") else ""))
         self._show_in_use(loaded.device)
+        self._spot_trust = None
+        if self.uncertainty is not None:
+            self.uncertainty.set_trust(None, None)
         if self.session is not None:
             self.session.set_model(loaded.model, loaded.measured)
+        self._refresh_trust()
+        self._show_scores()
         self.status.setText(f"model ready: {len(loaded.model.panel)} genes")
 
     def _follow_recent_models(self) -> None:
@@ -288,7 +302,12 @@ class PredictionDock(QWidget):
         s = self.session
         if s is None or result.section is not s.section or result.model is not s.model:
             return  # the slide or the model changed while it ran
+        self._spot_trust = result.trust
+        if self.uncertainty is not None:
+            self.uncertainty.set_trust(result.trust, result.expression.spot_index)
         self.session.set_prediction(result.expression)
+        self._refresh_trust()
+        self._show_scores()
         how = "from the cache" if result.cached else f"in {result.seconds:.1f} s"
         self.status.setText(f"predicted {len(result.expression)} spots {how}")
         self._show_in_use(result.device)
@@ -308,9 +327,42 @@ class PredictionDock(QWidget):
 
     def _gene_changed(self, gene: str) -> None:
         if self.session is not None:
-            self.genes.set_genes(self.session.genes)
+            self.genes.set_genes(self.trust.gene_list(self.session.model, self.session.genes))
         self.genes.set_current(gene)
+        self._refresh_trust()
         self._show_scores()
+
+    # -- trust (reliability, training-section notice, uncertainty, out of domain) -------------
+    def _refresh_trust(self, *_: Any) -> None:
+        s = self.session
+        model = None if s is None else s.model
+        self.trust.show_model(model, None if s is None else s.section.name)
+        self.trust.show_domain(self._spot_trust, model)
+        if s is None:
+            return
+        self.trust.show_gene(model, s.gene)
+        self.genes.set_genes(self.trust.gene_list(model, s.genes))
+        if self.builder is None:
+            return
+        predicted = self.builder.layer("predicted")
+        if predicted is not None:
+            mark_reliability(predicted, model, s.gene, f"{s.section.name} · predicted")
+            half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
+            predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
+        if self.uncertainty is not None and self.trust.uncertainty.isChecked():
+            self.uncertainty.show(True)
+
+    def set_uncertainty_visible(self, visible: bool) -> Any:
+        """Show the chosen gene's interval width as its own layer; returns it (None: no intervals)."""
+        if self.uncertainty is None:
+            return None
+        if self.trust.uncertainty.isChecked() != visible:
+            self.trust.uncertainty.setChecked(visible)  # re-enters through the toggle signal
+            return self.uncertainty.layer
+        layer = self.uncertainty.show(visible)
+        if visible and layer is None:
+            show_info("no intervals yet: predict with a model that carries a calibration")
+        return layer
 
     def _display_changed(self, display: Display) -> None:
         if self.session is not None:
@@ -340,8 +392,10 @@ class PredictionDock(QWidget):
         if scores is None:
             self.scores.setText("Pearson r and MAE appear when both predicted and measured exist")
             return
+        notice = self.trust.seen_notice
         self.scores.setText(f"{scores.gene}: Pearson r {scores.pearson:.3f} · MAE {scores.mae:.3f} "
-                            f"over {scores.n_spots} spots in scope")
+                            f"over {scores.n_spots} spots in scope"
+                            + (f" — {notice}" if notice else ""))
 
     # -- export --------------------------------------------------------------------------------
     def export(self, path: str | Path) -> Path | None:

@@ -30,6 +30,7 @@ from napari_dkan.progress import Cancelled
 
 if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.engine.trust import SpotTrust
     from napari_dkan.io.dataset import Section
 
 T = TypeVar("T")
@@ -160,6 +161,9 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
         if section.has_counts:
             yield Progress("reading measured expression", 0, 0)
             measured = measured_expression(section, model.panel, smoothing=model.smoothing)
+    yield Progress("reading the model's reliability and calibration", 0, 0)
+    _ = model.trust  # read here, off the GUI thread (older runs: every part absent)
+    import scipy.spatial  # noqa: F401 - the out-of-domain check's import, not mid-prediction
     yield Progress("checking the image encoder", 0, 0)
     load_encoder(model.features.encoder, "cpu")
     return LoadedModel(model, section, measured, describe_device(device))
@@ -191,6 +195,8 @@ class PredictResult:
     cached: bool
     seconds: float
     device: str
+    #: intervals and out-of-domain check (None when the model carries neither)
+    trust: SpotTrust | None = None
 
 
 def predict_steps(request: PredictRequest, cancel: threading.Event,
@@ -202,7 +208,19 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
     model, section = request.model, request.section
     yield Progress("finding spots", 0, 0)  # a slide alone detects its tissue here
 
-    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str]:
+    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, SpotTrust | None]:
+        index, values, cached, device, data = predict_values(report)
+        trust = model.trust
+        if trust.calibration is None and trust.domain is None:
+            return index, values, cached, device, None
+        if data is None:  # from the prediction cache: the features come from the feature cache
+            subset = section if request.box is None else with_spots(section, index)
+            data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device)
+        from napari_dkan.engine.trust import assess
+
+        return index, values, cached, device, assess(trust, values, data.patch_feat)
+
+    def predict_values(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, Any]:
         spots = section.spots
         if request.box is None:
             index, subset = np.arange(len(spots)), section
@@ -214,7 +232,7 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         device = describe_device(request.device)
         if hit is not None:
             report("predicting", len(index), len(index))
-            return index, hit, True, device
+            return index, hit, True, device, None
         data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device,
                                   progress=lambda d, t: report("features", d, t))
         values = model.predict(data, device=request.device, cancel=cancel,
@@ -222,11 +240,11 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         if cancel.is_set():  # finished between two checks: the user no longer wants it
             raise Cancelled("prediction cancelled")
         cache.put(key, values)
-        return index, values, False, device
+        return index, values, False, device, data
 
-    index, values, cached, device = yield from stepwise(work, cancel)
+    index, values, cached, device, trust = yield from stepwise(work, cancel)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
-    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device)
+    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device, trust)
 
 
 def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:

@@ -1,9 +1,10 @@
-"""``napari-dkan train | cv | evaluate | predict``: the training and evaluation engine."""
+"""``napari-dkan train | cv | evaluate | predict | trust``: the training and evaluation engine."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from napari_dkan.cli._output import add_json_flag, emit
 
 MODELS = ["dkan", "dkan-improved", "triplex", "nh2st", "ridge"]
 METRICS = ("MAE", "MSE", "PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG")
+COVERAGE = ("COVERAGE-80", "COVERAGE-90", "WIDTH-90")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -90,8 +92,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mpp", type=float, help="µm per pixel when the image carries none")
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
+    p.add_argument("--level", type=float, default=0.9,
+                   help="nominal coverage of the per-spot intervals (default 0.9)")
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("trust", help="attach reliability, calibration and out-of-domain files to a run",
+                       description="Write a run folder's trust files after the fact from its dataset: "
+                       "per-gene reliability (from --cv, a leave-one-section-out folder of the run's "
+                       "recipe, else the run's validation spots), conformal calibration on its "
+                       "validation sections, and the image-domain summary of its training sections.")
+    p.add_argument("dataset", help="the dataset the run was trained on")
+    p.add_argument("--model", required=True, help="run directory (or 'default' for the bundled model)")
+    p.add_argument("--cv", type=Path, help="cross-validation folder (fold-*/ runs) of the run's recipe")
+    p.add_argument("--device", default="auto")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_trust)
 
 
 def _spec(args: argparse.Namespace):  # noqa: ANN202
@@ -264,11 +280,12 @@ def _say(text: str, enabled: bool) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _table(rows: list[dict], mean: dict, std: dict) -> str:
-    head = f"{'fold':<10}" + "".join(f"{m:>9}" for m in METRICS)
-    lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>9}" for m in METRICS) for r in rows]
-    lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>9}" for m in METRICS))
-    lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>9}" for m in METRICS))
+def _table(rows: list[dict], mean: dict, std: dict, keys: Sequence[str] = METRICS) -> str:
+    w = max(9, *(len(m) + 2 for m in keys))
+    head = f"{'fold':<10}" + "".join(f"{m:>{w}}" for m in keys)
+    lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>{w}}" for m in keys) for r in rows]
+    lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>{w}}" for m in keys))
+    lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>{w}}" for m in keys))
     if "GENE-R-PRED" in mean:
         from napari_dkan.engine.collapse import describe
 
@@ -328,7 +345,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     payload = {"model": str(model.run_dir), "protocol": model.protocol, **rep.to_dict()}
-    emit(args, payload, f"{model.kind} from {model.run_dir} [{model.protocol}]\n" + _table(rep.folds, rep.mean, rep.std))
+    text = f"{model.kind} from {model.run_dir} [{model.protocol}]\n" + _table(rep.folds, rep.mean, rep.std)
+    if "COVERAGE-90" in rep.mean:
+        text += "\n" + _table(rep.folds, rep.mean, rep.std, COVERAGE)
+    else:
+        text += "\nno calibration in this run: no interval coverage (`napari-dkan trust` adds one)"
+    seen = [n for r in rep.folds for n in [r["fold"]] if n in model.seen_sections]
+    if seen:
+        text += (f"\n{', '.join(seen)}: used to train or select this model — the scores there are "
+                 "optimistic")
+    emit(args, payload, text)
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_dkan.engine.reliability import verdict
+    from napari_dkan.engine.trust import attach_from_dataset
+    from napari_dkan.io.dataset import open_dataset
+
+    model = load_model_arg(args.model)
+    ds = open_dataset(args.dataset)
+    trust = attach_from_dataset(model, ds, args.cv, device=args.device,
+                                progress=None if args.json else (lambda m: print(m, flush=True)))
+    rel, cal, dom = trust.reliability, trust.calibration, trust.domain
+    payload = {"model": str(model.run_dir),
+               "reliability": None if rel is None else {
+                   "protocol": rel.protocol, "sections": rel.sections,
+                   "median_r": float(np.nanmedian(rel.r)),
+                   "unreliable_genes": int(sum(1 for g in rel.genes if verdict(rel.of(g)) == "unreliable"))},
+               "calibration_sections": None if cal is None else cal.sections,
+               "ood_threshold": None if dom is None else dom.threshold,
+               "ood_held_out": None if dom is None else dom.held_out}
+    text = (f"{model.run_dir}: reliability [{payload['reliability']['protocol'] if rel else 'none'}], "
+            f"calibration on {', '.join(cal.sections) if cal else 'nothing'}, out-of-domain threshold "
+            f"{dom.threshold:.2f} (held out: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in dom.held_out.items()) + ")")
+    emit(args, payload, text)
     return 0
 
 
@@ -348,11 +402,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_writable(args.output.parent.resolve())  # before any feature is computed
     bars = _Bars(not args.json)
     try:
-        adata = predict_section(model, section, device=args.device, progress=bars.status)
+        adata = predict_section(model, section, device=args.device, progress=bars.status,
+                                level=args.level)
     finally:
         bars.close()
     atomic_write(args.output, adata.write_h5ad)
+    uns = adata.uns["napari_dkan"]
     payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
-               "model": str(model.run_dir)}
-    emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}")
+               "model": str(model.run_dir), "ood_score": uns.get("ood_score"),
+               "ood_threshold": uns.get("ood_threshold"), "out_of_domain": uns.get("out_of_domain"),
+               "interval_level": uns.get("interval_level"), "seen_by_model": uns.get("seen_by_model")}
+    notes = []
+    if uns.get("out_of_domain"):
+        notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
+                     f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")
+    if "interval_level" not in uns:
+        notes.append("this model carries no calibration: no intervals written")
+    if uns.get("seen_by_model"):
+        notes.append(f"{section.name} was a {uns['seen_by_model']} section of this model: scores on it are optimistic")
+    emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}"
+         + "".join(f"\n{n}" for n in notes))
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_dkan.engine.runs import TrainedModel
+from napari_dkan.engine.trust import SpotTrust, assess
 from napari_dkan.io.dataset import Section
 from napari_dkan.progress import CancelToken
 
@@ -28,8 +29,10 @@ def predict_section(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
     cancel: CancelToken | None = None,
+    level: float = 0.9,
 ) -> Any:
-    """An AnnData of the model's predictions for every spot of ``section``."""
+    """An AnnData of the model's predictions for every spot of ``section``, with intervals at
+    the nominal ``level`` and the out-of-domain score when the model carries them."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
     absent = absent_genes(model.panel, section)
@@ -40,7 +43,8 @@ def predict_section(
     measured = data.y
     if section.has_counts and absent and len(absent) < len(model.panel):
         measured = measured_targets(model, section, absent)
-    adata = to_anndata(model, section, pred, measured=measured)
+    adata = to_anndata(model, section, pred, measured=measured,
+                       spot_trust=assess(model.trust, pred, data.patch_feat, level))
     if section.has_counts and absent:
         adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
     return adata
@@ -79,7 +83,8 @@ def check_finite(pred: np.ndarray, section: str) -> None:
 
 
 def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,
-               measured: np.ndarray | None = None, spot_index: np.ndarray | None = None) -> Any:
+               measured: np.ndarray | None = None, spot_index: np.ndarray | None = None,
+               spot_trust: SpotTrust | None = None) -> Any:
     import anndata
     import pandas as pd
 
@@ -113,4 +118,25 @@ def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,
         "protocol": model.protocol,
         "section": section.name,
     }
+    if spot_trust is not None:
+        add_trust(adata, spot_trust, model)
     return adata
+
+
+def add_trust(adata: Any, spot_trust: SpotTrust, model: TrainedModel) -> None:
+    """Intervals in ``layers["lower"]`` / ``["upper"]`` and the level, out-of-domain score and
+    training-section status in ``uns["napari_dkan"]``."""
+    uns = adata.uns["napari_dkan"]
+    bounds = spot_trust.lower_upper(np.asarray(adata.X))
+    if bounds is not None:
+        adata.layers["lower"], adata.layers["upper"] = (b.astype(np.float32) for b in bounds)
+        uns["interval_level"] = float(spot_trust.level)
+        uns["interval_method"] = "normalised split-conformal, per gene (see the run's calibration)"
+    if spot_trust.domain is not None:
+        adata.obs["ood_score"] = spot_trust.domain.spot_scores.astype(np.float32)
+        uns["ood_score"] = float(spot_trust.domain.score)
+        uns["ood_threshold"] = float(spot_trust.domain.threshold)
+        uns["out_of_domain"] = bool(spot_trust.domain.out_of_domain)
+    seen = model.seen_sections.get(uns.get("section", ""))
+    if seen is not None:
+        uns["seen_by_model"] = seen

@@ -189,11 +189,40 @@ def train_model(
     distributed.barrier()
     text_arr = None if gene_text is None else np.asarray(gene_text.matrix, dtype=np.float32)
     if spec.model == "ridge":
-        return _train_ridge(run_dir, config, train, val)
+        return _with_trust(_train_ridge(run_dir, config, train, val), train, val)
     result: FitResult = fit(make_family(spec.model, config["network"]), dims, train, val, spec.settings,
                             run_dir, text_arr, fingerprint, on_event=on_event, cancel=cancel,
                             resume=resume, init_weights=base.state_dict() if base is not None else None)
-    return _finish_run(run_dir, config, result)
+    model = _finish_run(run_dir, config, result)
+    return _with_trust(model, train, val) if distributed.current().is_main else model
+
+
+def _with_trust(model: TrainedModel, train: Sequence[SectionData], val: Sequence[SectionData]) -> TrainedModel:
+    """Write the run's reliability, calibration and image-domain files (engine/trust.py).
+
+    A run whose validation is too small to calibrate still trains: the files it cannot have are
+    left out, and a warning says why.
+    """
+    import warnings
+
+    from napari_dkan.engine.trust import attach_from_data
+
+    try:
+        attach_from_data(model, train, val)
+        model.reload_trust()
+    except ValueError as exc:
+        warnings.warn(f"{model.run_dir}: trust files incomplete: {exc}", stacklevel=2)
+    return model
+
+
+def ancestry_of(base: TrainedModel) -> list[dict[str, Any]]:
+    """A fine-tuned run's lineage, oldest first: each ancestor's run, model and sections."""
+    c = base.config
+    entry = {"run": str(base.run_dir), "name": Path(base.run_dir).name, "model": c.get("model"),
+             "train_sections": list(c.get("training", {}).get("train_sections") or []),
+             "val_sections": list(c.get("training", {}).get("val_sections") or []),
+             "dataset": (c.get("dataset") or {}).get("name") or (c.get("dataset") or {}).get("path")}
+    return [*c.get("ancestry", []), entry]
 
 
 def _dims(first: SectionData, panel: Sequence[str], gene_text: Any) -> Dims:
@@ -230,6 +259,7 @@ def _run_config(spec: RunSpec, dims: Dims, panel: Sequence[str], train_names: Se
     }
     if base is not None:
         config["fine_tuned_from"] = str(base.run_dir)
+        config["ancestry"] = ancestry_of(base)
     return config
 
 
@@ -393,6 +423,7 @@ class TrainedModel:
         self.smoothing: bool = bool(config["target"]["smoothing"])
         self._net: Any = None
         self._text: Any = None
+        self._trust: Any = None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
@@ -429,6 +460,30 @@ class TrainedModel:
     @property
     def protocol(self) -> str:
         return self.config.get("protocol", "")
+
+    @property
+    def trust(self) -> Any:
+        """The run's :class:`~napari_dkan.engine.trust.Trust` (parts absent in older runs)."""
+        if self._trust is None:
+            from napari_dkan.engine.trust import Trust
+
+            self._trust = Trust.load(self.run_dir)
+        return self._trust
+
+    def reload_trust(self) -> None:
+        self._trust = None
+
+    @property
+    def seen_sections(self) -> dict[str, str]:
+        """Sections this model (or an ancestor) trained or selected on: name → ``training`` /
+        ``validation``."""
+        out: dict[str, str] = {}
+        for entry in [*self.config.get("ancestry", []), self.config.get("training", {})]:
+            for n in entry.get("val_sections") or []:
+                out.setdefault(n, "validation")
+            for n in entry.get("train_sections") or []:
+                out[n] = "training"
+        return out
 
     def _load_weights(self) -> None:
         tensors = ckpt.load_tensors(self.run_dir / MODEL_FILE, self.config["files"][MODEL_FILE])

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from napari_dkan._widgets.cache import PREDICTIONS, PredictionCache, PredictionKey
-from napari_dkan._widgets.expression import Expression, measured_expression, target_space
+from napari_dkan._widgets.expression import (
+    Expression,
+    clip_to_floor,
+    measured_expression,
+    target_space,
+)
 from napari_dkan._widgets.scope import PixelBox, spots_in_box
 from napari_dkan.progress import Cancelled
 
@@ -191,6 +196,10 @@ class PredictResult:
     cached: bool
     seconds: float
     device: str
+    #: the field of view that was predicted (level-0 pixels); None: all spots
+    box: PixelBox | None = None
+    #: predicted values below the target space's floor, shown (and exported) at the floor
+    clipped: int = 0
 
 
 def predict_steps(request: PredictRequest, cancel: threading.Event,
@@ -225,8 +234,10 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         return index, values, False, device
 
     index, values, cached, device = yield from stepwise(work, cancel)
+    values, clipped = clip_to_floor(values)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
-    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device)
+    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device,
+                         request.box, clipped)
 
 
 def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:

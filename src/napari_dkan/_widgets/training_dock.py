@@ -16,10 +16,10 @@ from typing import Any
 
 import napari
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_dkan._widgets.curves import TrainingCurves
+from napari_dkan._widgets.dock_layout import place_in_scroll_area, tabify_with_siblings
 from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModels
 from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.sources import source_of_layer
@@ -68,6 +68,7 @@ class TrainingDock(QWidget):
         self._connect()
         self._start_quiet(engine_info_steps(), self._engine_ready, "checking devices")
         self._prefill_from_layers()
+        tabify_with_siblings(self)  # a tab beside the prediction dock, with the whole height
 
     # -- UI ------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -97,13 +98,7 @@ class TrainingDock(QWidget):
             layout.addWidget(w)
         layout.addStretch(1)
         # the form is taller than a laptop's dock area: scroll vertically, never sideways
-        scroll = QScrollArea(widgetResizable=True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(inner)
-        scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        place_in_scroll_area(self, inner)
 
     def _connect(self) -> None:
         self.form.data_changed.connect(self.read_dataset)

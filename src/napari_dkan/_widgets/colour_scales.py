@@ -100,9 +100,12 @@ def describe_scale(scale: ColourScale, low: float, high: float) -> str:
 
 
 def colorbar_title(gene: str, scale: ColourScale, low: float, high: float) -> str:
-    """The text above the colorbar: the gene, the quantity, the scale."""
-    unit = "SD from the section mean" if scale is ColourScale.Z_SCORE else QUANTITY
-    return f"{gene}\n{unit}\n{describe_scale(scale, low, high)}"
+    """The text above the colorbar: the gene, the quantity, the scale (short lines: it sits in
+    a corner of a panel)."""
+    if scale is ColourScale.Z_SCORE:
+        return f"{gene}\nz-score: SD from\nthe section mean"
+    how = f"{low:g}–{high:g} % stretch" if scale is ColourScale.PER_GENE else "fixed for all genes"
+    return f"{gene}\n{QUANTITY}\n{how}"
 
 
 def residual_title(gene: str) -> str:

@@ -180,6 +180,9 @@ class ModelChooser(QWidget):
         self.model = QComboBox(editable=True, toolTip="a run directory, or its config.json / "
                                "model.safetensors; type a path and press Enter")
         self.model.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        # a long run path must not widen the dock
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setMinimumContentsLength(12)
         self.model.lineEdit().setPlaceholderText("choose a trained model…")
         self.browse = QPushButton("Browse…")
         self.info = QLabel("no model")

@@ -10,20 +10,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 #: set on the plugin's dock widgets, so each finds the others
 MARKER = "_napari_dkan_dock"
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls vertically only, and is always as wide as its content needs (which grows when a
+    model or a long path is shown): a dock never clips its controls sideways."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return hint
+        width = inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2
+        return QSize(max(hint.width(), width), hint.height())
+
+
 def place_in_scroll_area(owner: QWidget, inner: QWidget) -> QScrollArea:
     """Make ``inner`` the scrolled content of ``owner`` (vertical scrolling only)."""
-    scroll = QScrollArea(widgetResizable=True)
+    scroll = _VerticalScroll(widgetResizable=True)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
     scroll.setWidget(inner)
-    scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)

@@ -80,14 +80,22 @@ class Progress:
     unit: str = ""
 
     @property
+    def label(self) -> str:
+        """The stage in words (the engine's stage names are terse)."""
+        return STAGE_WORDS.get(self.stage, self.stage)
+
+    @property
     def text(self) -> str:
         if self.total <= 0:
-            return f"{self.stage}…"
-        return f"{self.stage}: {self.done}/{self.total} {self.unit}".rstrip()
+            return f"{self.label}…"
+        return f"{self.label}: {self.done}/{self.total} {self.unit}".rstrip()
 
 
 #: the unit each engine stage counts
 UNITS = {"features": "tiles", "predicting": "spots"}
+#: engine stage names in a pathologist's words
+STAGE_WORDS = {"features": "reading the tissue image", "context": "reading the tissue around the spots",
+               "predicting": "predicting"}
 
 
 def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[Progress, None, T]:
@@ -156,16 +164,16 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
     from napari_dkan.features import load_encoder
 
     if not isinstance(model, TrainedModel):
-        yield Progress("loading model", 0, 0)
+        yield Progress("loading the model", 0, 0)
         model = TrainedModel.load(model)
     measured = None
     if section is not None:
-        yield Progress("finding spots", 0, 0)
+        yield Progress("finding the spots", 0, 0)
         _ = section.spots
         if section.has_counts:
-            yield Progress("reading measured expression", 0, 0)
+            yield Progress("reading the measured expression", 0, 0)
             measured = measured_expression(section, model.panel, smoothing=model.smoothing)
-    yield Progress("checking the image encoder", 0, 0)
+    yield Progress("preparing the image model", 0, 0)  # builds the image encoder once
     load_encoder(model.features.encoder, "cpu")
     return LoadedModel(model, section, measured, describe_device(device))
 

@@ -17,8 +17,12 @@ HIDDEN_CONTROLS = ("_face_color_control", "_border_color_control", "_text_visibi
 
 def layer_controls(viewer: Any, layer: Any) -> Any:
     """napari's controls widget of ``layer`` (None without a Qt window)."""
+    import warnings
+
     try:
-        return viewer.window._qt_viewer.controls.widgets.get(layer)
+        with warnings.catch_warnings():  # napari warns of private access; nothing public does this
+            warnings.simplefilter("ignore", FutureWarning)
+            return viewer.window._qt_viewer.controls.widgets.get(layer)
     except AttributeError:
         return None
 

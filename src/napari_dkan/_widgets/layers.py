@@ -128,6 +128,9 @@ class LayerBuilder:
             return
         self._made_from[role] = inputs
         features = spot_features(self.session.section.spots.spot_id, self.session.genes, values)
+        # the colour column must exist when the table is set: napari keeps a row of defaults
+        # per column, and colouring by a column added later fails
+        features[COLOUR_VALUE] = np.float32(np.nan)
         if layer is None:
             layer = self._adopt_or_add(role, features)
         else:

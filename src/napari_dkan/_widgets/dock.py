@@ -34,8 +34,9 @@ from qtpy.QtWidgets import (
 from napari_dkan._widgets import jobs
 from napari_dkan._widgets.cache import PREDICTIONS, PredictionCache
 from napari_dkan._widgets.controls import DisplayControls, GenePicker, ModelChooser
+from napari_dkan._widgets.dock_layout import place_in_scroll_area, tabify_with_siblings
 from napari_dkan._widgets.export import write_predictions
-from napari_dkan._widgets.expression import SPOT_ID, Expression
+from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
 from napari_dkan._widgets.layers import MEASURED, LayerBuilder, role_of
 from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModel, RecentModels
 from napari_dkan._widgets.runner import JobRunner
@@ -66,6 +67,7 @@ class PredictionDock(QWidget):
         self._connect()
         self._follow_recent_models()
         self._refresh_slides()
+        tabify_with_siblings(self)  # beside the fine-tuning dock, not squeezed under it
         self.runner.start(jobs.available_devices_steps(), self.models.set_devices, "checking devices",
                           quiet=True)
         from napari_dkan.bundled import default_model_path
@@ -108,10 +110,14 @@ class PredictionDock(QWidget):
         predict_box = _group("Predict", scope_row, run_row, self.progress, self.status)
         compare_box = _group("Compare", self.genes, self.trust, self.scores, self.display)
         export_box = _group("Export predictions", _row(self.export_h5ad, self.export_csv))
-        layout = QVBoxLayout(self)
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
         for box in (slide_box, model_box, predict_box, compare_box, export_box):
             layout.addWidget(box)
         layout.addStretch(1)
+        # taller than a laptop's dock area (and shared with the fine-tuning dock): scroll
+        # vertically rather than clip the last buttons
+        place_in_scroll_area(self, inner)
 
     def _connect(self) -> None:
         self.slide.currentIndexChanged.connect(lambda _: self._slide_changed())
@@ -124,6 +130,7 @@ class PredictionDock(QWidget):
         self.display.grid_toggled.connect(self.set_side_by_side)
         self.trust.order_changed.connect(self._refresh_trust)
         self.trust.uncertainty_toggled.connect(self.set_uncertainty_visible)
+        self.display.flip_clicked.connect(self.flip_measured_predicted)
         self.export_h5ad.clicked.connect(lambda: self._export_dialog(".h5ad"))
         self.export_csv.clicked.connect(lambda: self._export_dialog(".csv"))
         events = self.viewer.layers.events
@@ -197,10 +204,13 @@ class PredictionDock(QWidget):
         session.display_changed.connect(self._show_scores)
         kind = "spots from the dataset" if source.section else "a lattice over the detected tissue"
         self.section_info.setText(f"{source.label}: {kind}")
+        self.section_info.setToolTip(f"{source.path}" + (f" · section {source.section}"
+                                                         if source.section else ""))
         if self.model is not None:
             self.choose_model(self.model)  # its panel's measured values for this section
         else:
             self._adopt_reader_measured(session)
+        self.builder.fit_once()
         return session
 
     def _adopt_reader_measured(self, session: SpotSession) -> None:
@@ -210,7 +220,7 @@ class PredictionDock(QWidget):
                 features = layer.features
                 ids = session.section.spots.spot_id
                 if SPOT_ID in features and list(features[SPOT_ID]) == list(ids):
-                    genes = tuple(c for c in features.columns if c != SPOT_ID)
+                    genes = tuple(gene_columns(features))
                     values = features[list(genes)].to_numpy(dtype=np.float32)
                     space = layer.metadata[META_KEY].get("space", "")
                     session.set_measured(Expression(genes, values, np.arange(len(ids)), space))
@@ -231,18 +241,17 @@ class PredictionDock(QWidget):
         if loaded.section is not section:  # the user changed slides while it loaded
             QTimer.singleShot(0, lambda: self.choose_model(loaded.model))  # once this job ends
             return
-        info = loaded.model.describe()
-        self.models.info.setText(
-            f"{info['model']}{' ' + info['preset'] if info.get('preset') else ''} · "
-            f"{info['genes']} genes · image encoder {info['image_encoder']}"
-            + (f" · text encoder {info['text_encoder']}" if info.get("text_encoder") else "")
-            + (f" · trained on {', '.join(info['trained_on'])}" if info.get("trained_on") else ""))
+        text, details = describe_model(loaded.model.describe())
+        self.models.info.setText(text)
+        self.models.info.setToolTip(details)
         self._show_in_use(loaded.device)
         self._spot_trust = None
         if self.uncertainty is not None:
             self.uncertainty.set_trust(None, None)
         if self.session is not None:
             self.session.set_model(loaded.model, loaded.measured)
+        if self.builder is not None:
+            self.builder.fit_once()  # a bare slide's spots are known now
         self._refresh_trust()
         self._show_scores()
         self.status.setText(f"model ready: {len(loaded.model.panel)} genes")
@@ -306,10 +315,11 @@ class PredictionDock(QWidget):
         if self.uncertainty is not None:
             self.uncertainty.set_trust(result.trust, result.expression.spot_index)
         self.session.set_prediction(result.expression)
+        if self.builder is not None:
+            self.builder.show_predicted_area(result.box)
         self._refresh_trust()
         self._show_scores()
-        how = "from the cache" if result.cached else f"in {result.seconds:.1f} s"
-        self.status.setText(f"predicted {len(result.expression)} spots {how}")
+        self.status.setText(prediction_summary(result, s.n_spots))
         self._show_in_use(result.device)
 
     def cancel(self) -> None:
@@ -318,12 +328,16 @@ class PredictionDock(QWidget):
 
     # -- comparison ----------------------------------------------------------------------------
     def set_gene(self, gene: str) -> None:
+        """Show ``gene``; an unknown name is refused and the box goes back to the map's gene."""
         if self.session is None:
+            self.genes.set_current("")
             return
         try:
             self.session.set_gene(gene)
         except DataError as exc:
-            show_warning(str(exc))
+            shown = self.session.gene
+            show_warning(f"{exc}; the map still shows {shown}" if shown else str(exc))
+            self.genes.set_current(shown or "")
 
     def _gene_changed(self, gene: str) -> None:
         if self.session is not None:
@@ -367,7 +381,7 @@ class PredictionDock(QWidget):
     def _display_changed(self, display: Display) -> None:
         if self.session is not None:
             self.session.set_display(colormap=display.colormap, low_percentile=display.low_percentile,
-                                     high_percentile=display.high_percentile)
+                                     high_percentile=display.high_percentile, scale=display.scale)
 
     def _residual_toggled(self, visible: bool) -> None:
         if self.builder is not None:
@@ -382,12 +396,21 @@ class PredictionDock(QWidget):
             show_info("side by side needs two layers: predict first (and open measured data)")
         return panels
 
+    def flip_measured_predicted(self) -> str | None:
+        """One click: predicted in place of measured, or back; returns the role now shown."""
+        if self.builder is None or self.builder.grid:
+            return None
+        shown = self.builder.flip()
+        if shown is None:
+            show_info("predict first: the flip needs both measured and predicted")
+        return shown
+
     def _show_scores(self, *_: Any) -> None:
         s = self.session
         if s is None:
             return
         if s.gene is not None and s.genes:
-            self.display.show_limits(s.contrast_limits())
+            self.display.show_limits(s.contrast_limits(), s.gene)
         scores = s.scores()
         if scores is None:
             self.scores.setText("Pearson r and MAE appear when both predicted and measured exist")
@@ -396,6 +419,9 @@ class PredictionDock(QWidget):
         self.scores.setText(f"{scores.gene}: Pearson r {scores.pearson:.3f} · MAE {scores.mae:.3f} "
                             f"over {scores.n_spots} spots in scope"
                             + (f" — {notice}" if notice else ""))
+        self.scores.setToolTip("agreement of predicted and measured values of this gene over the "
+                               "spots that have both: Pearson r (1: same pattern, 0: unrelated) and "
+                               "mean absolute error in log10(1 + 10⁴·x/Σ)")
 
     # -- export --------------------------------------------------------------------------------
     def export(self, path: str | Path) -> Path | None:
@@ -427,6 +453,33 @@ class PredictionDock(QWidget):
     def closeEvent(self, event: Any) -> None:
         self.runner.cancel()
         super().closeEvent(event)
+
+
+def describe_model(info: dict[str, Any]) -> tuple[str, str]:
+    """The model in a pathologist's words, and the technical detail for a tooltip."""
+    name = str(info.get("model", "model"))
+    kind = "DKAN model" if name.startswith("dkan") else f"{name} model"
+    trained = info.get("trained_on") or []
+    text = f"{kind} · {info['genes']} genes"
+    if trained:
+        text += f" · learned from sections {', '.join(map(str, trained))}"
+    details = [f"network: {name}" + (f" ({info['preset']} preset)" if info.get("preset") else ""),
+               f"image encoder {info['image_encoder']} (turns tissue tiles into features)"]
+    if info.get("text_encoder"):
+        details.append(f"text encoder {info['text_encoder']} (reads the genes' descriptions)")
+    return text, "\n".join(details)
+
+
+def prediction_summary(result: jobs.PredictResult, n_spots: int) -> str:
+    """What a prediction covered, how long it took, and any values raised to the floor."""
+    n = len(result.expression)
+    how = "from the cache" if result.cached else f"in {result.seconds:.1f} s"
+    where = (f"{n} of {n_spots} spots in the outlined field of view" if result.box is not None
+             else f"{n} spots")
+    text = f"predicted {where} {how}"
+    if result.clipped:
+        text += (f"; {result.clipped} values below 0 (not detected) shown as 0")
+    return text
 
 
 def _group(title: str, *items: Any) -> QGroupBox:

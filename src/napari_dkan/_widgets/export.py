@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_dkan._widgets.expression import SPOT_ID, Expression
+from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
 from napari_dkan._widgets.session import SpotSession
 from napari_dkan._widgets.sources import META_KEY, SectionSource
 from napari_dkan.io.errors import DataError
@@ -61,7 +61,7 @@ def write_points_layer(path: str | Path, data: np.ndarray, meta: dict[str, Any])
     info = (meta.get("metadata") or {}).get(META_KEY, {})
     if features is None or len(features.columns) == 0:
         raise DataError("this points layer has no per-spot values to write")
-    genes = [c for c in features.columns if c != SPOT_ID]
+    genes = gene_columns(features)
     values = features[genes].to_numpy(dtype=np.float32, na_value=np.nan)
     rows = np.flatnonzero(np.isfinite(values).any(axis=1))  # spots that carry a value
     if kind == ".csv":

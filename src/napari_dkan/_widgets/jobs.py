@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from napari_dkan._widgets.cache import PREDICTIONS, PredictionCache, PredictionKey
-from napari_dkan._widgets.expression import Expression, measured_expression, target_space
+from napari_dkan._widgets.expression import (
+    Expression,
+    clip_to_floor,
+    measured_expression,
+    target_space,
+)
 from napari_dkan._widgets.scope import PixelBox, spots_in_box
 from napari_dkan.progress import Cancelled
 
@@ -76,14 +81,22 @@ class Progress:
     unit: str = ""
 
     @property
+    def label(self) -> str:
+        """The stage in words (the engine's stage names are terse)."""
+        return STAGE_WORDS.get(self.stage, self.stage)
+
+    @property
     def text(self) -> str:
         if self.total <= 0:
-            return f"{self.stage}…"
-        return f"{self.stage}: {self.done}/{self.total} {self.unit}".rstrip()
+            return f"{self.label}…"
+        return f"{self.label}: {self.done}/{self.total} {self.unit}".rstrip()
 
 
 #: the unit each engine stage counts
 UNITS = {"features": "tiles", "predicting": "spots"}
+#: engine stage names in a pathologist's words
+STAGE_WORDS = {"features": "reading the tissue image", "context": "reading the tissue around the spots",
+               "predicting": "predicting"}
 
 
 def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[Progress, None, T]:
@@ -152,19 +165,19 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
     from napari_dkan.features import load_encoder
 
     if not isinstance(model, TrainedModel):
-        yield Progress("loading model", 0, 0)
+        yield Progress("loading the model", 0, 0)
         model = TrainedModel.load(model)
     measured = None
     if section is not None:
-        yield Progress("finding spots", 0, 0)
+        yield Progress("finding the spots", 0, 0)
         _ = section.spots
         if section.has_counts:
-            yield Progress("reading measured expression", 0, 0)
+            yield Progress("reading the measured expression", 0, 0)
             measured = measured_expression(section, model.panel, smoothing=model.smoothing)
     yield Progress("reading the model's reliability and calibration", 0, 0)
     _ = model.trust  # read here, off the GUI thread (older runs: every part absent)
     import scipy.spatial  # noqa: F401 - the out-of-domain check's import, not mid-prediction
-    yield Progress("checking the image encoder", 0, 0)
+    yield Progress("preparing the image model", 0, 0)  # builds the image encoder once
     load_encoder(model.features.encoder, "cpu")
     return LoadedModel(model, section, measured, describe_device(device))
 
@@ -197,6 +210,10 @@ class PredictResult:
     device: str
     #: intervals and out-of-domain check (None when the model carries neither)
     trust: SpotTrust | None = None
+    #: the field of view that was predicted (level-0 pixels); None: all spots
+    box: PixelBox | None = None
+    #: predicted values below the target space's floor, shown (and exported) at the floor
+    clipped: int = 0
 
 
 def predict_steps(request: PredictRequest, cancel: threading.Event,
@@ -243,8 +260,10 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         return index, values, False, device, data
 
     index, values, cached, device, trust = yield from stepwise(work, cancel)
+    values, clipped = clip_to_floor(values)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
-    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device, trust)
+    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device,
+                         trust, request.box, clipped)
 
 
 def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:

@@ -79,13 +79,17 @@ def test_reader_opens_visium_with_its_low_resolution_image(visium_dir):
     layers = read_dataset(str(visium_dir))
     (_, img_meta, _), (coords, pts_meta, _) = layers
     mpp = pts_meta["scale"][0]
-    # the hires PNG is scaled so that its pixels land under the full-resolution spots
+    # this copy's hires PNG is blank: the lowres PNG is scaled so that its pixels land under
+    # the full-resolution spots
     import json
 
     factors = json.loads((visium_dir / "spatial" / "scalefactors_json.json").read_text())
-    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_hires_scalef"])
+    assert img_meta["name"].endswith("lowres image")
+    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_lowres_scalef"])
     assert len(coords) == len(pts_meta["features"]) == 100
-    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"])
+    # spot_diameter_fullres spans Space Ranger's 65 µm; the capture spot is 55 µm
+    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"] * 55 / 65)
+    assert pts_meta["size"] * mpp == pytest.approx(55.0)
 
 
 def test_reader_opens_an_h5ad_section(c2, tmp_path):

@@ -179,7 +179,8 @@ class LayerBuilder:
         wanted = self.session.source.to_metadata()
         for layer in self.viewer.layers:
             meta = (layer.metadata or {}).get(META_KEY, {})
-            if meta.get("role") == role and meta.get("source") == wanted and not isinstance(layer, SpotsLayer):
+            if (meta.get("role") == role and meta.get("source") == wanted and "saved" not in meta
+                    and not isinstance(layer, SpotsLayer)):  # a saved prediction stays as it is
                 return layer
         return None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,8 @@ def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,
     if spots.diameter_px is not None:
         spatial["scalefactors"]["spot_diameter_fullres"] = float(spots.diameter_px)
     if section.image_path is not None:
-        spatial["metadata"]["source_image_path"] = str(section.image_path)
+        # absolute: the file is read from other folders (napari, scanpy, this reader)
+        spatial["metadata"]["source_image_path"] = str(Path(section.image_path).resolve())
     try:
         spatial["mpp"] = float(section.mpp)
     except Exception:  # noqa: BLE001 - an unknown scale only costs the µm display

@@ -228,6 +228,7 @@ class PredictionDock(QWidget):
             f"{info['genes']} genes · image encoder {info['image_encoder']}"
             + (f" · text encoder {info['text_encoder']}" if info.get("text_encoder") else "")
             + (f" · trained on {', '.join(info['trained_on'])}" if info.get("trained_on") else ""))
+        self._runtime = loaded.runtime
         self._show_in_use(loaded.device)
         if self.session is not None:
             self.session.set_model(loaded.model, loaded.measured)
@@ -252,7 +253,11 @@ class PredictionDock(QWidget):
             else:
                 device = jobs.describe_device(name)
         model = "no model" if self.model is None else f"model {Path(self.model.run_dir).name}"
-        self.models.in_use.setText(f"in use: {device} · {model}")
+        runtime = getattr(self, "_runtime", "")
+        if name in ("cuda", "mps"):  # the exported runtimes are CPU-only
+            runtime = "torch"
+        runtime = f" · encoder on {runtime}" if runtime and self.model is not None else ""
+        self.models.in_use.setText(f"in use: {device}{runtime} · {model}")
 
     # -- predict -------------------------------------------------------------------------------
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from napari_dkan.features.runtimes import RUNTIME_CHOICES
+
 import argparse
 import sys
 from pathlib import Path
@@ -87,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="full-resolution image of a Visium folder / .h5ad")
     p.add_argument("--mpp", type=float, help="µm per pixel when the image carries none")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                   help="image encoder's inference runtime on a CPU: auto (default: OpenVINO or ONNX Runtime "
+                   "when installed, torch on a GPU), torch, onnxruntime or openvino")
     p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
@@ -300,7 +305,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DataError(f"output must be an .h5ad file, got {args.output.name}")
     bars = _Bars(not args.json)
     try:
-        adata = predict_section(model, section, device=args.device, progress=bars.status)
+        adata = predict_section(model, section, device=args.device, progress=bars.status,
+                                runtime=args.runtime)
     finally:
         bars.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -28,12 +28,15 @@ def predict_section(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
     cancel: CancelToken | None = None,
+    runtime: str = "auto",
 ) -> Any:
-    """An AnnData of the model's predictions for every spot of ``section``."""
+    """An AnnData of the model's predictions for every spot of ``section``.
+
+    ``runtime`` runs the image encoder (see :mod:`napari_dkan.features.runtimes`)."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
     data = model.section_data(section, with_targets=section.has_counts, progress=feats_cb,
-                              cancel=cancel, device=device)
+                              cancel=cancel, device=device, runtime=runtime)
     pred = model.predict(data, device=device, progress=pred_cb, cancel=cancel)
     return to_anndata(model, section, pred, measured=data.y)
 

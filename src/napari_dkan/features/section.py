@@ -70,6 +70,7 @@ def extract_section_features(
     cache: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    runtime: str = "auto",
 ) -> SectionFeatures:
     """Patch, region and (optionally) token features of every spot of ``section``.
 
@@ -81,6 +82,9 @@ def extract_section_features(
     25 tiles per spot).  ``target_mpp`` resamples tiles to that µm/px.  ``progress(done, total)``
     counts encoded tiles; ``cancel.is_set()`` is checked between batches and raises
     :class:`~napari_dkan.progress.Cancelled`.  A given encoder is moved to ``device``.
+    ``runtime`` runs an encoder given by name (``auto``: the fastest installed one on a CPU; see
+    :mod:`~napari_dkan.features.runtimes`); a given encoder keeps its own.  Features do not
+    depend on the runtime (mean cosine ≥ 0.9999 to torch), so the cache is shared by all.
     """
     t0 = time.perf_counter()
     try:
@@ -131,7 +135,7 @@ def extract_section_features(
     with section.open_slide() as slide:  # first, so bad data fails before a model loads
         layout = make_layout(region_mode.value, spots.x, spots.y, step, *slide.dimensions)
         total = layout.n_tiles
-        enc = _ready_encoder(encoder, spec, device)
+        enc = _ready_encoder(encoder, spec, device, runtime)
         bs = int(batch_size) if batch_size else suggest_batch_size(spec, enc.device)
         # Patches first, then region tiles: their features form one table (geometry.py).
         patches = encode_tiles(enc, tile_reader(slide, layout.patch_centres, tile_px, target), n,
@@ -166,6 +170,7 @@ def extract_section_features(
         "read_wait_s": patches.stats.read_wait_s + tiles.stats.read_wait_s,
         "encode_s": patches.stats.encode_s + tiles.stats.encode_s,
         "device": str(enc.device),
+        "runtime": enc.runtime,
         "batch_size": bs,
         "num_workers": int(num_workers),
         "cache_hit": False,
@@ -186,13 +191,14 @@ def extract_section_features(
     return feats
 
 
-def _ready_encoder(encoder: str | Encoder | LazyEncoder, spec: EncoderSpec, device: str) -> Encoder:
+def _ready_encoder(encoder: str | Encoder | LazyEncoder, spec: EncoderSpec, device: str,
+                   runtime: str) -> Encoder:
     from napari_dkan.devices import resolve_device
     from napari_dkan.features.encoders import load_encoder
 
     dev = resolve_device(device)
     if isinstance(encoder, str):
-        return load_encoder(spec, dev)
+        return load_encoder(spec, dev, runtime)
     return encoder.to(dev)
 
 

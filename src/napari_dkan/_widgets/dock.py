@@ -244,6 +244,7 @@ class PredictionDock(QWidget):
         text, details = describe_model(loaded.model.describe())
         self.models.info.setText(text)
         self.models.info.setToolTip(details)
+        self._runtime = loaded.runtime
         self._show_in_use(loaded.device)
         self._spot_trust = None
         if self.uncertainty is not None:
@@ -275,7 +276,11 @@ class PredictionDock(QWidget):
             else:
                 device = jobs.describe_device(name)
         model = "no model" if self.model is None else f"model {Path(self.model.run_dir).name}"
-        self.models.in_use.setText(f"in use: {device} · {model}")
+        runtime = getattr(self, "_runtime", "")
+        if name in ("cuda", "mps"):  # the exported runtimes are CPU-only
+            runtime = "torch"
+        runtime = f" · encoder on {runtime}" if runtime and self.model is not None else ""
+        self.models.in_use.setText(f"in use: {device}{runtime} · {model}")
 
     # -- predict -------------------------------------------------------------------------------
     @property

@@ -142,6 +142,8 @@ class LoadedModel:
     #: that section's measured values in the model's panel and target space (None: no counts)
     measured: Expression | None
     device: str
+    #: what runs the image encoder, e.g. "OpenVINO" or "torch" (see features.runtimes)
+    runtime: str = ""
 
 
 def describe_device(name: str) -> str:
@@ -178,8 +180,15 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
     _ = model.trust  # read here, off the GUI thread (older runs: every part absent)
     import scipy.spatial  # noqa: F401 - the out-of-domain check's import, not mid-prediction
     yield Progress("preparing the image model", 0, 0)  # builds the image encoder once
-    load_encoder(model.features.encoder, "cpu")
-    return LoadedModel(model, section, measured, describe_device(device))
+    from napari_dkan.devices import resolve_device
+    from napari_dkan.features.runtimes import AUTO, LABELS, TORCH
+
+    # On a CPU this also exports the encoder for the fast runtime, once per weight file (cached
+    # on disk), so that the first prediction does not pay for it.
+    on_cpu = resolve_device(device).type == "cpu"
+    encoder = load_encoder(model.features.encoder, "cpu", AUTO if on_cpu else TORCH)
+    runtime = LABELS[encoder.runtime] + (f" ({encoder.runtime_note})" if encoder.runtime_note else "")
+    return LoadedModel(model, section, measured, describe_device(device), runtime)
 
 
 def available_devices_steps() -> Generator[Progress, None, list[str]]:

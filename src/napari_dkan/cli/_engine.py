@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from napari_dkan.features.runtimes import RUNTIME_CHOICES
+
 import argparse
 import sys
 from collections.abc import Sequence
@@ -91,6 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="full-resolution image of a Visium folder / .h5ad")
     p.add_argument("--mpp", type=float, help="µm per pixel when the image carries none")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                   help="image encoder's inference runtime on a CPU: auto (default: OpenVINO or ONNX Runtime "
+                   "when installed, torch on a GPU), torch, onnxruntime or openvino")
     p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
     p.add_argument("--level", type=float, default=0.9,
                    help="nominal coverage of the per-spot intervals (default 0.9)")
@@ -403,7 +408,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bars = _Bars(not args.json)
     try:
         adata = predict_section(model, section, device=args.device, progress=bars.status,
-                                level=args.level)
+                                level=args.level, runtime=args.runtime)
     finally:
         bars.close()
     atomic_write(args.output, adata.write_h5ad)

@@ -101,6 +101,7 @@ def load_section_data(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     cancel: Any = None,
+    runtime: str = "auto",
 ) -> SectionData:
     """Features (from cache when present) and, with a panel and counts, targets of a section."""
     from napari_dkan.features import extract_section_features, section_patches
@@ -108,7 +109,7 @@ def load_section_data(
     feats = extract_section_features(
         section, encoder=features.encoder, mode=features.mode, tile_px=features.tile_px,
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
-        progress=progress, cancel=cancel,
+        progress=progress, cancel=cancel, runtime=runtime,
     )
     spots = section.spots
     if not np.array_equal(feats.spot_id, spots.spot_id):

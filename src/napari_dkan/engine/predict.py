@@ -31,14 +31,17 @@ def predict_section(
     progress: Callable[[str, int, int], None] | None = None,
     cancel: CancelToken | None = None,
     level: float = 0.9,
+    runtime: str = "auto",
 ) -> Any:
     """An AnnData of the model's predictions for every spot of ``section``, with intervals at
-    the nominal ``level`` and the out-of-domain score when the model carries them."""
+    the nominal ``level`` and the out-of-domain score when the model carries them.
+
+    ``runtime`` runs the image encoder (see :mod:`napari_dkan.features.runtimes`)."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
     absent = absent_genes(model.panel, section)
     data = model.section_data(section, with_targets=section.has_counts and not absent, progress=feats_cb,
-                              cancel=cancel, device=device)
+                              cancel=cancel, device=device, runtime=runtime)
     pred = model.predict(data, device=device, progress=pred_cb, cancel=cancel)
     check_finite(pred, section.name)
     measured = data.y

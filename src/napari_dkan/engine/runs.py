@@ -524,10 +524,11 @@ class TrainedModel:
 
     def section_data(self, section: Section, with_targets: bool = True,
                      progress: Callable[[int, int], None] | None = None,
-                     cancel: CancelToken | None = None, device: str = "auto") -> SectionData:
+                     cancel: CancelToken | None = None, device: str = "auto",
+                     runtime: str = "auto") -> SectionData:
         panel = self.panel if with_targets and section.has_counts else None
         return load_section_data(section, self.features, panel, self.needs, self.smoothing,
-                                 device=device, progress=progress, cancel=cancel)
+                                 device=device, progress=progress, cancel=cancel, runtime=runtime)
 
     def predict(self, data: SectionData, device: str = "auto",
                 progress: Callable[[int, int], None] | None = None,

@@ -23,7 +23,13 @@ from napari_dkan.cli import main
 from napari_dkan.engine import trainer
 from napari_dkan.engine.checkpoint import CheckpointError
 from napari_dkan.engine.data import FeatureSpec
-from napari_dkan.engine.runs import RunSpec, TrainedModel, gene_text_for, prepare_sections, train_model
+from napari_dkan.engine.runs import (
+    RunSpec,
+    TrainedModel,
+    gene_text_for,
+    prepare_sections,
+    train_model,
+)
 from napari_dkan.engine.trainer import TrainSettings
 from napari_dkan.io.errors import DataError
 

@@ -17,15 +17,7 @@ from typing import Any
 import napari
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from napari_dkan._widgets.curves import TrainingCurves
 from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModels

@@ -23,7 +23,13 @@ from napari_dkan.cli import main
 from napari_dkan.engine import trainer
 from napari_dkan.engine.checkpoint import CheckpointError
 from napari_dkan.engine.data import FeatureSpec
-from napari_dkan.engine.runs import RunSpec, TrainedModel, gene_text_for, prepare_sections, train_model
+from napari_dkan.engine.runs import (
+    RunSpec,
+    TrainedModel,
+    gene_text_for,
+    prepare_sections,
+    train_model,
+)
 from napari_dkan.engine.trainer import TrainSettings
 from napari_dkan.io.errors import DataError
 
@@ -421,3 +427,16 @@ def test_predict_on_counts_lacking_panel_genes_compares_the_genes_there(tiny_run
     measured = adata.layers["measured"]
     assert np.isnan(measured[:, :2]).all() and np.isfinite(measured[:, 2:]).all()
     assert list(adata.uns["napari_dkan"]["measured_absent_genes"]) == gone
+
+
+def test_the_dock_refuses_a_folder_holding_another_run_before_any_feature(her2st, tiny_run_dir, tmp_path):
+    from napari_dkan._widgets.training_plan import TrainingRequest, check_request
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run_dir, out)
+    before = _snapshot(out)
+    result = check_request(TrainingRequest(str(her2st), str(out), section="C2", validation="C3",
+                                           preset="tiny", encoder="tiny", panel_size=10, epochs=2,
+                                           batch_size=32, device="cpu"))
+    assert not result.ok and any("holds a different training run" in p for p in result.problems)
+    assert _snapshot(out) == before

@@ -6,8 +6,10 @@ A run directory holds::
                          normalisation, training settings, versions, protocol, metrics
     model.safetensors    the best weights (by validation PCC)
     gene_text.safetensors  the gene-text embeddings the model was trained with
-    last.safetensors     weights + optimizer tensors of the last finished epoch (to resume)
-    state.json           epoch, optimizer scalars, scheduler, RNG seeds, history, best score
+    last-eNNNN.safetensors  weights + optimizer tensors of the last finished epoch (to resume)
+    best-eNNNN.safetensors  the best weights while training (published as model.safetensors)
+    state.json           epoch, optimizer scalars, scheduler, history, best score, and the names
+                         and SHA-256 of the two files above (written after them)
 
 Every safetensors file's SHA-256 is recorded in the JSON that refers to it, so a truncated or
 altered file is detected on load rather than silently used.

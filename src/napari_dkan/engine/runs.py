@@ -35,7 +35,7 @@ from napari_dkan.engine.trainer import (
 from napari_dkan.io.dataset import Section
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken
-from napari_dkan.storage import atomic_write
+from napari_dkan.storage import atomic_write, check_writable
 
 CONFIG_FILE = "config.json"
 TEXT_FILE = "gene_text.safetensors"
@@ -182,7 +182,7 @@ def train_model(
     if folder.action == "finished" and folder.complete:
         return TrainedModel.load(run_dir)
     if distributed.current().is_main:  # under torchrun, rank 0 alone writes the run's files
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir)  # creates it; a read-only or full disk is one clear line
         if text_file is not None:
             atomic_write(run_dir / TEXT_FILE, text_file)
         ckpt.write_json(run_dir / CONFIG_FILE, config)

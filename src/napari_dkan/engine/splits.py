@@ -78,38 +78,43 @@ def inner_validation(
 
 
 def _spatial_holdout(section: SectionData) -> tuple[list[SectionData], list[SectionData]]:
-    n = len(section)
-    if n < 2 * MIN_VAL_SPOTS:
-        raise DataError(
-            f"section {section.name} has only {n} spots: too few to hold out a validation block "
-            f"(need at least {2 * MIN_VAL_SPOTS}); add a second section for validation"
-        )
-    cols = section.positions[:, 1]
-    for fraction in (VAL_FRACTION, *_FALLBACK_FRACTIONS):
-        cut = np.quantile(cols, 1 - fraction)
-        side = cols > cut
-        if side.sum() < MIN_VAL_SPOTS:
-            side = cols >= cut
-        fit_idx, val_idx = guarded_sides(section.positions, side)
-        if len(val_idx) >= MIN_VAL_SPOTS and len(fit_idx) >= MIN_VAL_SPOTS:
-            break
-    else:
-        raise DataError(
-            f"section {section.name}: a validation block with a guard band against target smoothing "
-            f"leaves fewer than {MIN_VAL_SPOTS} spots on a side; add a second section for validation"
-        )
+    fit_idx, val_idx = spatial_holdout_index(section.name, section.positions)
     fit_part = section.subset(fit_idx)
     val_part = section.subset(val_idx)
     fit_part.name, val_part.name = f"{section.name}[fit]", f"{section.name}[val]"
     return [fit_part], [val_part]
 
 
+def spatial_holdout_index(name: str, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) spot indices of a single section's spatial hold-out, guard band left out;
+    raises :class:`DataError` when the section is too small for one."""
+    n = len(positions)
+    if n < 2 * MIN_VAL_SPOTS:
+        raise DataError(
+            f"section {name} has only {n} spots: too few to hold out a validation block "
+            f"(need at least {2 * MIN_VAL_SPOTS}); add a second section for validation"
+        )
+    cols = positions[:, 1]
+    for fraction in (VAL_FRACTION, *_FALLBACK_FRACTIONS):
+        cut = np.quantile(cols, 1 - fraction)
+        side = cols > cut
+        if side.sum() < MIN_VAL_SPOTS:
+            side = cols >= cut
+        fit_idx, val_idx = guarded_sides(positions, side)
+        if len(val_idx) >= MIN_VAL_SPOTS and len(fit_idx) >= MIN_VAL_SPOTS:
+            return fit_idx, val_idx
+    raise DataError(
+        f"section {name}: a validation block with a guard band against target smoothing "
+        f"leaves fewer than {MIN_VAL_SPOTS} spots on a side; add a second section for validation"
+    )
+
+
 def guarded_sides(positions: np.ndarray, side: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices of (``~side``, ``side``) spots that have no spot of the other side within the
-    smoothing reach (any grid layout's neighbours) — the guard band between them is dropped."""
-    from napari_dkan.io.spots import SMOOTHING_REACH
+    smoothing reach of their grid — the guard band between them is dropped."""
+    from napari_dkan.io.spots import layout_of, neighbour_reach
 
-    reach_r, reach_c = SMOOTHING_REACH
+    reach_r, reach_c = neighbour_reach(layout_of(positions[:, 0], positions[:, 1]))
     where = {(int(r), int(c)): bool(s) for (r, c), s in zip(positions, side)}
     touches = np.zeros(len(positions), dtype=bool)
     for i, (r, c) in enumerate(positions):

@@ -39,9 +39,19 @@ _NEIGHBOUR_OFFSETS = {
     GridLayout.SQUARE: [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)],
     GridLayout.HEX: [(0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)],
 }
-#: the largest (|row|, |col|) step to a grid neighbour in any layout: how far smoothing reaches
-SMOOTHING_REACH = (max(abs(dr) for o in _NEIGHBOUR_OFFSETS.values() for dr, _ in o),
-                   max(abs(dc) for o in _NEIGHBOUR_OFFSETS.values() for _, dc in o))
+
+
+def neighbour_reach(layout: GridLayout) -> tuple[int, int]:
+    """The largest (|row|, |col|) step from a spot to a grid neighbour: how far smoothing reaches."""
+    offsets = _NEIGHBOUR_OFFSETS[layout]
+    return max(abs(dr) for dr, _ in offsets), max(abs(dc) for _, dc in offsets)
+
+
+def layout_of(array_row: np.ndarray, array_col: np.ndarray) -> GridLayout:
+    """The grid a set of array positions lies on: hexagonal (Visium: row + col always of one
+    parity) or square (legacy ST)."""
+    parity = (np.asarray(array_row) + np.asarray(array_col)) % 2
+    return GridLayout.HEX if len(parity) and (parity == parity[0]).all() else GridLayout.SQUARE
 
 
 @dataclass(frozen=True, eq=False)

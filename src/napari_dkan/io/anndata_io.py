@@ -101,7 +101,7 @@ def _section(path: Path, lib: str, adata: Any, meta: dict, image: str | Path | N
         m = sp.csr_matrix(matrix) if not isinstance(matrix, np.ndarray) else sp.csr_matrix(np.asarray(matrix))
         if m.nnz and (not np.isfinite(m.data).all()):
             raise DataError(f"{path.name}: the count matrix holds NaN or infinite values")
-        counts = Counts(m, adata.var_names.to_numpy(str), obs.index.to_numpy(str))
+        counts = Counts(m, adata.var_names.to_numpy(str), obs.index.to_numpy(str), source=path.name)
         load_counts = lambda: counts  # noqa: E731
     patient = str(obs["patient"].iloc[0]) if "patient" in obs and len(obs) else lib
     metadata = meta.get("metadata") or {}

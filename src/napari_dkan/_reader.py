@@ -61,11 +61,11 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
     if p.suffix.lower() == ".h5ad" and p.is_file():
         return read_dataset
     if p.suffix.lower() in _SLIDE_SUFFIXES and p.is_file():
-        if _st_section_of(p) is not None:
-            return read_dataset
         from napari_dkan.io.slides import is_slide_file
 
-        return read_slide if is_slide_file(p) else None
+        if not is_slide_file(p):  # by its header: a text file renamed .tif is not claimed
+            return None
+        return read_dataset if _st_section_of(p) is not None else read_slide
     return None
 
 
@@ -75,6 +75,7 @@ def read_slide(path: str | list[str]) -> list[LayerData]:
 
     p = Path(path[0] if isinstance(path, list) else path)
     slide = open_slide(p)
+    slide.check_pixels()  # a truncated image fails now, not in napari's draw loop
     data, meta, kind = slide_layer(slide)
     meta["metadata"][META_KEY]["source"] = SectionSource(path=str(p)).to_metadata()
     return [(data, meta, kind)]
@@ -132,7 +133,7 @@ def _is_prediction_file(p: Path) -> bool:
 def _section_source(p: Path) -> tuple[SectionSource, str]:
     """Which section a path names, and a note for the user when we had to choose one."""
     from napari_dkan._widgets.sources import SectionSource
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     st = _st_section_of(p)
     if st is not None:
@@ -181,7 +182,9 @@ def _visium_image(folder: Path) -> Path | None:
 def _section_image_layer(section: Section, source: SectionSource) -> LayerData | None:
     meta_source = source.to_metadata()
     if section.has_image:
-        data, meta, kind = slide_layer(section.open_slide())
+        slide = section.open_slide()
+        slide.check_pixels()  # a truncated image fails now, not in napari's draw loop
+        data, meta, kind = slide_layer(slide)
         meta["name"] = f"{section.name} · slide"
         meta["metadata"][META_KEY]["source"] = meta_source
         return data, meta, kind

@@ -30,7 +30,7 @@ class SectionSource:
 
     def open(self) -> Section:
         """The section (cheap: spots and counts load on first use)."""
-        from napari_dkan.io.dataset import open_dataset
+        from napari_dkan.io.formats import open_dataset
 
         ds = open_dataset(self.path, image=self.image, mpp=self.mpp)
         if self.section is None:

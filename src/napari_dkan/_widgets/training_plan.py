@@ -171,7 +171,7 @@ def check_request(request: TrainingRequest) -> CheckResult:
 
 
 def _open_dataset(request: TrainingRequest, problems: list[str]) -> Dataset | None:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     if not request.dataset.strip():
         problems.append("choose the data to train on: a Visium folder (with its full-resolution "

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_panel(args: argparse.Namespace) -> int:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.expression import select_panel
 
     ds = open_dataset(args.dataset).select(args.sections)
@@ -56,7 +56,7 @@ def cmd_panel(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.slides import is_slide_file, open_slide
 
     path = Path(args.path)

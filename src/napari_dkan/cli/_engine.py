@@ -212,7 +212,7 @@ def _train(args: argparse.Namespace) -> int:
         train_model,
     )
     from napari_dkan.engine.splits import inner_validation
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.errors import DataError
     from napari_dkan.io.expression import check_panel
 
@@ -304,7 +304,7 @@ def _num(x: Any) -> str:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from napari_dkan.engine.cv import cross_validate
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     spec = _spec(args)
     ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
@@ -339,7 +339,7 @@ def load_model_arg(name: str):  # noqa: ANN201
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_dkan.engine.cv import evaluate
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     model = load_model_arg(args.model)
     ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
@@ -393,7 +393,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
-    from napari_dkan.io.dataset import open_section
+    from napari_dkan.io.formats import open_section
     from napari_dkan.io.errors import DataError
     from napari_dkan.storage import atomic_write, check_writable
 

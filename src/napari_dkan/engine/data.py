@@ -106,6 +106,10 @@ def load_section_data(
     """Features (from cache when present) and, with a panel and counts, targets of a section."""
     from napari_dkan.features import extract_section_features, section_patches
 
+    y = None
+    if panel is not None and section.has_counts:
+        # first: bad counts (negative, missing genes) fail in a second, not after the features
+        y = section_targets(section, list(panel), smoothing=smoothing)
     feats = extract_section_features(
         section, encoder=features.encoder, mode=features.mode, tile_px=features.tile_px,
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
@@ -114,9 +118,6 @@ def load_section_data(
     spots = section.spots
     if not np.array_equal(feats.spot_id, spots.spot_id):
         raise RuntimeError(f"features of {section.name} are not in the section's spot order")
-    y = None
-    if panel is not None and section.has_counts:
-        y = section_targets(section, list(panel), smoothing=smoothing)
     patches = None
     if needs.patches:
         patches = section_patches(section, size=features.tile_px, target_mpp=features.target_mpp)

@@ -155,7 +155,7 @@ def _counts_loader(adata: Any, source: str, notes: list[str]) -> Any:
     except DataError as exc:  # spots and image stay usable for prediction
         notes.append(f"{exc}; the section opens without measured expression")
         return None
-    counts, more = symbolise(Counts(matrix, genes, adata.obs.index.to_numpy(str)), source)
+    counts, more = symbolise(Counts(matrix, genes, adata.obs.index.to_numpy(str), source=source), source)
     notes.extend(n for n in [*found, *more] if n not in notes)
     return lambda: counts
 

@@ -163,3 +163,56 @@ def test_fine_tuned_runs_record_their_ancestry(tiny_run_dir: Path, her2st_datase
     child = TrainedModel(tiny_run_dir, {**base.config, "ancestry": lineage,
                                         "training": {"train_sections": ["C5"], "val_sections": ["C4"]}})
     assert child.seen_sections == {"C3": "training", "C5": "training", "C4": "validation"}
+
+
+# -- the command line ---------------------------------------------------------------------------
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_fact(
+        her2st, panels_dir, tmp_path: Path, capsys) -> None:
+    import anndata
+
+    from napari_dkan.cli import main
+    from napari_dkan.engine.trust import Trust, reliability_from_cv
+
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join((panels_dir / "her2st.txt").read_text().split()[:12]) + "\n")
+    common = [str(her2st), "--model", "ridge", "--encoder", "tiny", "--device", "cpu", "--panel", str(panel)]
+    cv_dir = tmp_path / "cv"
+    assert main(["cv", *common, "--sections", "C3", "C4", "C5", "-o", str(cv_dir), "--json"]) == 0
+    cv = _last_json(capsys)
+    recorded = json.loads((cv_dir / "cv.json").read_text())
+    assert len(recorded["folds"][0]["gene_pcc"]) == 12 and len(recorded["panel"]) == 12
+    rel = reliability_from_cv(cv_dir)
+    assert rel.sections == ["C3", "C4", "C5"] and "leave-one-section-out" in rel.protocol
+    fold_r = [f["PCC-ALL"] for f in cv["folds"]]
+    assert float(np.nanmean(rel.r)) == pytest.approx(float(np.mean(fold_r)), abs=1e-6)
+
+    run = cv_dir / "fold-C3"  # trained on one of C4, C5 and validated on the other: C3 unseen
+    val = json.loads((run / "config.json").read_text())["training"]["val_sections"]
+    assert Trust.load(run).missing == []  # written at the end of training
+    assert main(["evaluate", str(her2st), "--model", str(run), "--sections", "C3", "--device", "cpu", "--json"]) == 0
+    ev = _last_json(capsys)
+    for where in (ev["folds"][0], ev["mean"]):
+        assert 0.0 < where["COVERAGE-80"] < where["COVERAGE-90"] <= 1.0 and where["WIDTH-90"] > 0
+    out = tmp_path / "c3.h5ad"
+    assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
+                 "-o", str(out), "--level", "0.8", "--json"]) == 0
+    pred = _last_json(capsys)
+    assert isinstance(pred["ood_score"], float) and pred["out_of_domain"] is False
+    adata = anndata.read_h5ad(out)
+    assert adata.uns["napari_dkan"]["interval_level"] == 0.8
+    inside = (adata.layers["lower"] <= adata.layers["measured"]) & (adata.layers["measured"] <= adata.layers["upper"])
+    assert inside.mean() == pytest.approx(ev["folds"][0]["COVERAGE-80"], abs=1e-6)
+
+    # after the fact: remove the files, attach them again with reliability from the CV folder
+    for f in ("reliability.json", "calibration.safetensors", "domain.safetensors"):
+        (run / f).unlink()
+    assert main(["trust", str(her2st), "--model", str(run), "--cv", str(cv_dir), "--device", "cpu", "--json"]) == 0
+    attached = _last_json(capsys)
+    assert attached["calibration_sections"] == val
+    assert "leave-one-section-out" in attached["reliability"]["protocol"]
+    assert set(attached["ood_held_out"]) == set(val)  # one training section: the validation one is held out
+    assert Trust.load(run).missing == []

@@ -37,12 +37,19 @@ from napari_dkan._widgets.controls import DisplayControls, GenePicker, ModelChoo
 from napari_dkan._widgets.dock_layout import place_in_scroll_area, tabify_with_siblings
 from napari_dkan._widgets.export import write_predictions
 from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
-from napari_dkan._widgets.layers import MEASURED, LayerBuilder, role_of
+from napari_dkan._widgets.layers import MEASURED, ROLES, LayerBuilder, role_of
 from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModel, RecentModels
 from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.scope import Scope, visible_box
+from napari_dkan._widgets.section_facts import (
+    Needs,
+    data_notices,
+    describe_section,
+    section_needs,
+)
+from napari_dkan._widgets.section_inputs import SectionInputs
 from napari_dkan._widgets.session import Display, SpotSession
-from napari_dkan._widgets.sources import META_KEY, source_of_layer
+from napari_dkan._widgets.sources import META_KEY, SectionSource, source_of_layer
 from napari_dkan._widgets.trust_view import TrustPanel, UncertaintyLayer, mark_reliability
 from napari_dkan.io.errors import DataError
 
@@ -62,6 +69,7 @@ class PredictionDock(QWidget):
         self.session: SpotSession | None = None
         self.builder: LayerBuilder | None = None
         self.model: TrainedModel | None = None
+        self.needs = Needs()
         self._build_ui()
         self.runner = JobRunner(self.progress, self.status, self.predict_button, self.cancel_button)
         self._connect()
@@ -82,6 +90,7 @@ class PredictionDock(QWidget):
         self.slide = QComboBox(toolTip="the slide to predict on (image layers opened from a file)")
         self.section_info = QLabel("open a slide or a spot dataset (File ▸ Open)")
         self.section_info.setWordWrap(True)
+        self.inputs = SectionInputs()
         self.models = ModelChooser()
         self.scope_fov = QRadioButton(str(Scope.FIELD_OF_VIEW))
         self.scope_all = QRadioButton(str(Scope.ALL_SPOTS), checked=True)
@@ -103,7 +112,7 @@ class PredictionDock(QWidget):
         self.export_h5ad = QPushButton("Export .h5ad…")
         self.export_csv = QPushButton("Export .csv…")
 
-        slide_box = _group("Slide", self.slide, self.section_info)
+        slide_box = _group("Slide", self.slide, self.section_info, self.inputs)
         model_box = _group("Model", self.models)
         scope_row = _row(QLabel("spots:"), self.scope_fov, self.scope_all)
         run_row = _row(self.predict_button, self.cancel_button)
@@ -122,6 +131,7 @@ class PredictionDock(QWidget):
     def _connect(self) -> None:
         self.slide.currentIndexChanged.connect(lambda _: self._slide_changed())
         self.models.model_chosen.connect(self.choose_model)
+        self.inputs.applied.connect(self.use_inputs)
         self.models.device_chosen.connect(lambda _: self._show_in_use())
         self.predict_button.clicked.connect(lambda: self.predict())
         self.genes.gene_chosen.connect(self.set_gene)
@@ -202,16 +212,82 @@ class PredictionDock(QWidget):
         session.gene_changed.connect(self._gene_changed)
         session.values_changed.connect(self._show_scores)
         session.display_changed.connect(self._show_scores)
-        kind = "spots from the dataset" if source.section else "a lattice over the detected tissue"
-        self.section_info.setText(f"{source.label}: {kind}")
-        self.section_info.setToolTip(f"{source.path}" + (f" · section {source.section}"
-                                                         if source.section else ""))
+        self._show_section(session)
         if self.model is not None:
             self.choose_model(self.model)  # its panel's measured values for this section
         else:
             self._adopt_reader_measured(session)
         self.builder.fit_once()
         return session
+
+    def _show_section(self, session: SpotSession) -> None:
+        """What the section really holds, what it still needs, and what the reader noticed."""
+        try:
+            self.section_info.setText(describe_section(session.section, session.source))
+            self.needs = section_needs(session.section, session.source)
+        except DataError as exc:
+            self.section_info.setText(f"{session.source.label}: {exc}")
+            self.needs = Needs()
+        self.inputs.show_needs(self.needs)
+        self.inputs.show_notices(data_notices(session.section, None))
+
+    def use_inputs(self, image: str | None, mpp: float | None) -> bool:
+        """Reopen the section with the image and/or µm per pixel given in the dock's fields."""
+        session, builder = self.session, self.builder
+        if session is None or builder is None:
+            return False
+        if self.needs.image and not image:
+            show_error("choose the full-resolution image first (Browse…)")
+            return False
+        if self.needs.mpp and not mpp:
+            show_error("enter the µm per pixel first")
+            return False
+        old = session.source
+        source = SectionSource(path=old.path, section=old.section, image=image or old.image,
+                               mpp=mpp if mpp is not None else old.mpp)
+        try:
+            section = source.open()
+            layer = builder.slide_layer
+            if image:
+                from napari_dkan._reader import slide_layer
+
+                data, meta, _ = slide_layer(section.open_slide())  # checks the spots fit in it
+                meta["name"] = f"{section.name} · slide"
+                meta["metadata"][META_KEY]["source"] = source.to_metadata()
+            elif mpp:
+                section.open_slide(check_spots=False)
+        except DataError as exc:
+            show_error(str(exc))
+            self.inputs.show_notices([str(exc)])
+            return False
+        for other in self.viewer.layers:  # the reader's measured layer follows its section
+            info = (other.metadata or {}).get(META_KEY, {})
+            if info.get("source") == old.to_metadata() and other is not layer:
+                info["source"] = source.to_metadata()
+        # the old session's spot layers go; its measured values carry over (same spots)
+        measured = session.measured if self.model is None else None
+        for role in ROLES:
+            spots_layer = builder.layer(role)
+            if spots_layer is not None:
+                self.viewer.layers.remove(spots_layer)
+        if image:
+            index = self.viewer.layers.index(layer)
+            new = self.viewer.add_image(data, **meta)
+            self.viewer.layers.move(self.viewer.layers.index(new), index)
+            self.viewer.layers.remove(layer)
+            layer = new
+        else:
+            layer.metadata[META_KEY]["source"] = source.to_metadata()
+            layer.metadata[META_KEY]["mpp"] = mpp
+            layer.metadata[META_KEY]["pixel_scale"] = (mpp, mpp)
+            layer.scale = (mpp, mpp)
+            layer.units = ("µm", "µm")
+        self._refresh_slides()  # may already reopen the session (a removed slide layer)
+        if self.session is session:
+            self.open_session(layer)
+        if measured is not None and self.session is not None and self.session.measured is None:
+            self.session.set_measured(measured)
+        return True
 
     def _adopt_reader_measured(self, session: SpotSession) -> None:
         """Show the reader's measured genes until a model is chosen."""
@@ -251,6 +327,7 @@ class PredictionDock(QWidget):
             self.uncertainty.set_trust(None, None)
         if self.session is not None:
             self.session.set_model(loaded.model, loaded.measured)
+            self.inputs.show_notices(data_notices(self.session.section, loaded.model))
         if self.builder is not None:
             self.builder.fit_once()  # a bare slide's spots are known now
         self._refresh_trust()
@@ -304,6 +381,11 @@ class PredictionDock(QWidget):
     def _request(self) -> jobs.PredictRequest:
         if self.session is None or self.builder is None:
             raise DataError("open a slide first (File ▸ Open), then choose it in the dock")
+        if self.needs.image:
+            raise DataError("this section has no full-resolution image: choose it under Slide "
+                            "(image, Browse…) and press Use")
+        if self.needs.mpp:
+            raise DataError("this image has no µm per pixel: enter it under Slide and press Use")
         if self.model is None:
             raise DataError("choose a model first: a run directory or its checkpoint file")
         box = None

@@ -70,7 +70,7 @@ def symbolise(counts: Counts, source: str) -> tuple[Counts, list[str]]:
                 "symbols with the package's gene table"
                 + (f"; {len(genes) - n_mapped} keep their id" if n_mapped < len(genes) else "")
             )
-            counts = Counts(counts.matrix, np.asarray(renamed), counts.spot_id)
+            counts = Counts(counts.matrix, np.asarray(renamed), counts.spot_id, counts.source)
             genes = renamed
     dups = duplicated(genes)
     if dups:

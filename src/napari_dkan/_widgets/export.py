@@ -18,6 +18,7 @@ from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
 from napari_dkan._widgets.session import SpotSession
 from napari_dkan._widgets.sources import META_KEY, SectionSource
 from napari_dkan.io.errors import DataError
+from napari_dkan.storage import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,11 +31,10 @@ def write_predictions(session: SpotSession, path: str | Path) -> Path:
     path = Path(path)
     kind = _kind(path)
     adata = session.to_anndata()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == ".h5ad":
-        adata.write_h5ad(path)
+        atomic_write(path, adata.write_h5ad)
     else:
-        predictions_frame(adata).to_csv(path)
+        atomic_write(path, predictions_frame(adata).to_csv)
     return path
 
 
@@ -71,8 +71,7 @@ def write_points_layer(path: str | Path, data: np.ndarray, meta: dict[str, Any])
         frame = pd.DataFrame({"x": data[rows, -1], "y": data[rows, -2]},
                              index=pd.Index(ids[rows], name=SPOT_ID))
         frame = pd.concat([frame, pd.DataFrame(values[rows], index=frame.index, columns=genes)], axis=1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path)
+        atomic_write(path, frame.to_csv)
         return path
     if info.get("role") != "predicted" or "model" not in info or "source" not in info:
         raise DataError(

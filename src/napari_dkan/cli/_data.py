@@ -45,7 +45,9 @@ def cmd_panel(args: argparse.Namespace) -> int:
     with progress_bar("reading counts", unit="section", enabled=not args.json) as progress:
         genes = select_panel(ds.sections, n=args.n, method=args.method, progress=progress)
     if args.output:
-        args.output.write_text("\n".join(genes) + "\n")
+        from napari_dkan.storage import atomic_write
+
+        atomic_write(args.output, ("\n".join(genes) + "\n").encode())
     emit(
         args,
         {"dataset": str(ds.root), "method": args.method, "n": len(genes),

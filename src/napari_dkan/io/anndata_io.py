@@ -240,4 +240,6 @@ def write_spatial_h5ad(
         obsm={"spatial": spots.xy},
         uns={"spatial": {library_id: meta}},
     )
-    adata.write_h5ad(path)
+    from napari_dkan.storage import atomic_write  # storage imports io.errors: not at import time
+
+    atomic_write(Path(path), adata.write_h5ad)

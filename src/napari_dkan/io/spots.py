@@ -17,14 +17,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_dkan.io.errors import DataError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 class GridLayout(str, enum.Enum):
@@ -123,20 +119,6 @@ class SpotTable:
     def with_scale(self, mpp: float) -> SpotTable:
         """The same spots with the diameter set from the slide's µm per pixel."""
         return replace(self, diameter_px=self.diameter_um / mpp)
-
-    def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(
-            {
-                "array_row": self.array_row,
-                "array_col": self.array_col,
-                "x": self.x,
-                "y": self.y,
-                "in_tissue": self.in_tissue,
-            },
-            index=pd.Index(self.spot_id, name="spot_id"),
-        )
 
     def neighbour_index(self, include_self: bool = False) -> np.ndarray:
         """N×K indices of each spot's grid neighbours, -1 where the neighbour is absent."""

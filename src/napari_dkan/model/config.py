@@ -77,11 +77,6 @@ class DKANConfig:
     name: str = "custom"
     extras: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def is_triplex(self) -> bool:
-        """Text and contrastive parts off: the TRIPLEX architecture."""
-        return not self.use_text
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["alignment"] = str(self.alignment)

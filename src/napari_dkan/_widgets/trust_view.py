@@ -248,3 +248,6 @@ class UncertaintyLayer:
         hi = float(np.percentile(finite, 99)) if finite.size else 1.0
         layer.face_contrast_limits = (0.0, hi if hi > 0 else 1.0)
         layer.refresh_colors(update_color_mapping=False)
+        colorbar = getattr(layer, "face_colorbar", None)
+        if colorbar is not None:
+            colorbar.visible = True

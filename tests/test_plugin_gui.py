@@ -157,7 +157,8 @@ def test_predict_then_switch_genes_recolours_in_place(qtbot, viewer, dock, run_d
     _ready(qtbot, dock, run_dir)
     session = dock.session
     predicted = viewer.layers["C2 · predicted"]
-    assert predicted.features.shape == (session.n_spots, 1 + len(session.genes))
+    # the spot id, one column per gene, and the colour column (the gene shown, on the scale in use)
+    assert predicted.features.shape == (session.n_spots, 2 + len(session.genes))
     assert "12 genes" in dock.models.info.text() and "image encoder tiny" in dock.models.info.toolTip()
     assert "in use: cpu" in dock.models.in_use.text()
     layers_before = list(viewer.layers)
@@ -212,6 +213,7 @@ def test_hover_shows_the_spot_in_um_and_measured_predicted_residual(qtbot, viewe
     measured = session.gene_values(session.measured)[i]
     predicted = session.gene_values(session.predicted)[i]
     for name in ("C2 · predicted", "C2 · measured"):  # the same reading over either layer
+        viewer.layers[name].visible = True  # napari reads nothing from a hidden layer
         status = viewer.layers[name].get_status((spots.y[i] * mpp, spots.x[i] * mpp), world=True)
         text = status["coordinates"]
         assert text.startswith(f"x {spots.x[i] * mpp:,.0f} µm, y {spots.y[i] * mpp:,.0f} µm")
@@ -233,6 +235,7 @@ def test_colorbar_and_panels_name_the_gene_quantity_and_scale(qtbot, viewer, doc
     _ready(qtbot, dock, run_dir)
     session = dock.session
     predicted, measured = viewer.layers["C2 · predicted"], viewer.layers["C2 · measured"]
+    dock.display.high.setValue(99.0)
     dock.set_gene("ERBB2")
     title = layer_text(predicted, COLORBAR_TITLE)
     assert title.splitlines() == ["ERBB2 (C2)", QUANTITY, "1–99 % stretch"]

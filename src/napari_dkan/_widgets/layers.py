@@ -172,6 +172,8 @@ class LayerBuilder:
         else:
             self.viewer.add_layer(layer)
         hide_colour_controls(self.viewer, layer)
+        # the colorbar follows what is shown (the eye icon too): hidden layers show no scale
+        layer.events.visible.connect(lambda _event: self._update_colorbars())
         self._layers[role] = layer
         return layer
 
@@ -240,7 +242,9 @@ class LayerBuilder:
         each layer's panel titled with the gene and what it shows."""
         s = self.session
         gene = s.gene or ""
-        shared = next((self.layer(r) for r in (PREDICTED, MEASURED) if self.has_values(r)), None)
+        filled = [self.layer(r) for r in (PREDICTED, MEASURED) if self.has_values(r)]
+        # the shown one's (after the flip, measured alone is shown), predicted when both are
+        shared = next((layer for layer in filled if layer.visible), filled[0] if filled else None)
         for role in ROLES:
             layer = self.layer(role)
             if layer is None:

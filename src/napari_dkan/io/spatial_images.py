@@ -30,14 +30,19 @@ def spatial_entry(section: Section) -> dict[str, Any]:
     slide = section.open_slide(check_spots=False)
     try:
         width, height = slide.dimensions
-        images, factors = {}, {}
-        for kind, side in (("hires", HIRES_PX), ("lowres", LOWRES_PX)):
-            image, downsample = slide.thumbnail(side)
-            images[kind] = np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
-            # the thumbnail's exact size gives its scale, whatever rounding the reader made
-            factors[f"tissue_{kind}_scalef"] = images[kind].shape[1] / float(width)
+        hires, _ = slide.thumbnail(HIRES_PX)  # one read of the slide (a JPEG decodes whole)
     finally:
         slide.close()
+    from PIL import Image
+
+    hires = np.ascontiguousarray(np.asarray(hires)[..., :3], dtype=np.uint8)
+    shrink = LOWRES_PX / max(hires.shape[:2])
+    lowres = hires if shrink >= 1 else np.asarray(Image.fromarray(hires).resize(
+        (max(1, round(hires.shape[1] * shrink)), max(1, round(hires.shape[0] * shrink))),
+        Image.Resampling.BOX))
+    images = {"hires": hires, "lowres": lowres}
+    # each image's exact width gives its scale, whatever rounding made it
+    factors = {f"tissue_{kind}_scalef": image.shape[1] / float(width) for kind, image in images.items()}
     mpp = float(section.mpp)
     diameter = spots.diameter_px or spots.diameter_um / mpp
     visium_like = spots.layout is GridLayout.HEX and spots.pitch_um == VISIUM_PITCH_UM

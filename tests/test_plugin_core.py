@@ -287,7 +287,7 @@ def test_export_writes_engine_anndata_and_csv(model, session, tmp_path):
     frame = pd.read_csv(write_predictions(session, tmp_path / "p.csv"), index_col=0)
     assert list(frame.columns[:4]) == ["array_row", "array_col", "x", "y"]
     assert np.allclose(frame[list(model.panel)].to_numpy(), pred.values, atol=1e-6)
-    with pytest.raises(DataError, match=".h5ad or .csv"):
+    with pytest.raises(DataError, match=r"\.h5ad, \.csv or \.zarr"):
         write_predictions(session, tmp_path / "p.xlsx")
     # the napari writer rebuilds the same AnnData from a predicted layer's metadata
     from napari_dkan._widgets.expression import spot_features

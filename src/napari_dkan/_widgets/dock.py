@@ -111,6 +111,15 @@ class PredictionDock(QWidget):
         self.display = DisplayControls()
         self.export_h5ad = QPushButton("Export .h5ad…")
         self.export_csv = QPushButton("Export .csv…")
+        from napari_dkan.io.spatialdata_export import INSTALL_HINT, spatialdata_available
+
+        # offered when the optional spatialdata package is installed (the spatialdata extra)
+        self.export_zarr = QPushButton("Export SpatialData…", toolTip=(
+            "a SpatialData .zarr store: the slide, the spots as circles, a table of predicted "
+            "and measured values (napari-spatialdata, squidpy)"))
+        self.export_zarr.setVisible(spatialdata_available())
+        self.export_csv.setToolTip("" if spatialdata_available() else
+                                   f"SpatialData export: {INSTALL_HINT}")
 
         slide_box = _group("Slide", self.slide, self.section_info, self.inputs)
         model_box = _group("Model", self.models)
@@ -118,7 +127,8 @@ class PredictionDock(QWidget):
         run_row = _row(self.predict_button, self.cancel_button)
         predict_box = _group("Predict", scope_row, run_row, self.progress, self.status)
         compare_box = _group("Compare", self.genes, self.trust, self.scores, self.display)
-        export_box = _group("Export predictions", _row(self.export_h5ad, self.export_csv))
+        export_box = _group("Export predictions",
+                            _row(self.export_h5ad, self.export_csv, self.export_zarr))
         inner = QWidget()
         layout = QVBoxLayout(inner)
         for box in (slide_box, model_box, predict_box, compare_box, export_box):
@@ -143,6 +153,7 @@ class PredictionDock(QWidget):
         self.display.flip_clicked.connect(self.flip_measured_predicted)
         self.export_h5ad.clicked.connect(lambda: self._export_dialog(".h5ad"))
         self.export_csv.clicked.connect(lambda: self._export_dialog(".csv"))
+        self.export_zarr.clicked.connect(lambda: self._export_dialog(".zarr"))
         events = self.viewer.layers.events
         events.inserted.connect(self._layers_changed)
         events.removed.connect(self._layers_changed)
@@ -527,7 +538,8 @@ class PredictionDock(QWidget):
         from qtpy.QtWidgets import QFileDialog
 
         name = f"{self.session.section.name if self.session else 'predictions'}-predictions{suffix}"
-        kind = "AnnData (*.h5ad)" if suffix == ".h5ad" else "CSV (*.csv)"
+        kind = {".h5ad": "AnnData (*.h5ad)", ".csv": "CSV (*.csv)",
+                ".zarr": "SpatialData (*.zarr)"}[suffix]
         path, _ = QFileDialog.getSaveFileName(self, "Export predictions", name, kind)
         if path:
             self.export(path if path.endswith(suffix) else path + suffix)

@@ -24,9 +24,8 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".sv
                   ".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MPP_HELP = ("This image carries no µm-per-pixel. Enter your scanner's value (in the scan's "
             "metadata; about 0.25 µm/px at 40×, 0.5 at 20×): spot size and image tiles depend on it.")
-IMAGE_HELP = ("Space Ranger does not copy the full-resolution H&E image it was given (--image) "
-              "into its outputs; the low-resolution image shown is for display only. Choose that "
-              "image to predict.")
+IMAGE_HELP = ("Predicting needs the full-resolution H&E image the spots were aligned to (Space "
+              "Ranger does not keep it); the image shown is low resolution.")
 _MPP_SOURCES = {"user": "given by you", "metadata": "from the image's metadata",
                 "dataset": "from the dataset's scale factors", "spot pitch": "estimated from the spot pitch"}
 
@@ -60,15 +59,27 @@ def describe_section(section: Section, source: SectionSource) -> str:
         return text + (f" · {mpp}" if mpp else "")
     spots = section.spots
     grid = ("Visium-like grid" if spots.layout is GridLayout.HEX else "legacy ST grid")
+    if section.has_counts:
+        measured = "measured expression"
+    elif _is_saved_prediction(source):
+        measured = "a saved napari-dkan prediction"
+    else:
+        measured = "no measured expression"
     parts = [f"{section.name}: {len(spots)} spots from the dataset ({grid}: "
-             f"{spots.diameter_um:g} µm spots, {spots.pitch_um:g} µm apart)",
-             "measured expression" if section.has_counts else "no measured expression"]
+             f"{spots.diameter_um:g} µm spots, {spots.pitch_um:g} µm apart)", measured]
     if not section.has_image:
         parts.append("no full-resolution image")
     mpp = _known_mpp(section)
     if mpp:
         parts.append(mpp)
     return " · ".join(parts)
+
+
+def _is_saved_prediction(source: SectionSource) -> bool:
+    from napari_dkan._reader import _is_prediction_file
+
+    p = Path(source.path)
+    return p.suffix.lower() == ".h5ad" and p.is_file() and _is_prediction_file(p)
 
 
 def _known_mpp(section: Section) -> str:
@@ -146,7 +157,7 @@ def data_notices(section: Section, model: Any | None) -> list[str]:
             _ = section.counts
     except DataError as exc:
         return [*section.notes, str(exc)]
-    notices = list(section.notes)
+    notices = []
     if model is not None and section.has_counts:
         from napari_dkan.io.coverage import panel_coverage
 
@@ -154,4 +165,4 @@ def data_notices(section: Section, model: Any | None) -> list[str]:
         message = panel_coverage(section, model.panel).message(trained_on)
         if message:
             notices.append(message)
-    return notices
+    return notices + list(section.notes)  # what bears on the model's output first

@@ -22,6 +22,14 @@ from qtpy.QtWidgets import (
 from napari_dkan._widgets.section_facts import SLIDE_SUFFIXES, Needs
 
 
+_SHOWN = 3
+_LENGTH = 140
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _LENGTH else text[: _LENGTH - 1].rsplit(" ", 1)[0] + " …"
+
+
 class SectionInputs(QWidget):
     """µm/px and image fields, and the data notices; ``applied(image, mpp)`` on *Use*."""
 
@@ -63,11 +71,18 @@ class SectionInputs(QWidget):
         self._image_row.setVisible(needs.image)
         self.image_help.setVisible(needs.image)
         self.image_help.setText(needs.image_why)
+        self.image_help.setToolTip(needs.image_why)
+        self.image.setToolTip(needs.image_why)
         self.image.setText(needs.image_guess)
         self.use.setVisible(needs.any)
 
     def show_notices(self, notices: list[str]) -> None:
-        self.notices.setText("\n".join(f"• {n}" for n in notices))
+        """The first notices, shortened (the dock is narrow); all of them in the tooltip."""
+        shown = [f"• {_shorten(n)}" for n in notices[:_SHOWN]]
+        if len(notices) > _SHOWN:
+            shown.append(f"… and {len(notices) - _SHOWN} more (hover to read)")
+        self.notices.setText("\n".join(shown))
+        self.notices.setToolTip("\n\n".join(notices))
         self.notices.setVisible(bool(notices))
 
     # -- actions ---------------------------------------------------------------------------

@@ -93,8 +93,10 @@ def every_kth(xy: np.ndarray, k: int, pitch: float) -> np.ndarray:
 
 
 def plan_stages(xy: np.ndarray, in_view: np.ndarray | None = None, levels: tuple[int, ...] = LEVELS,
-                chunk: int = CHUNK) -> list[Stage]:
-    """The stages for spots at ``xy`` (N×2 pixels), the spots ``in_view`` first."""
+                chunk: int | None = None) -> list[Stage]:
+    """The stages for spots at ``xy`` (N×2 pixels), the spots ``in_view`` first; the fill in
+    chunks of at most ``chunk`` spots (default :data:`CHUNK`)."""
+    chunk = CHUNK if chunk is None else chunk
     n = len(xy)
     taken = np.zeros(n, bool)
     stages: list[Stage] = []

@@ -387,7 +387,7 @@ class PredictionDock(QWidget):
             return None
         cancel = threading.Event()
         return self.runner.start(jobs.predict_steps(request, cancel, self.cache), self._predicted,
-                                 "predicting", cancel=cancel)
+                                 "predicting", cancel=cancel, on_yield=self._partial)
 
     def _request(self) -> jobs.PredictRequest:
         if self.session is None or self.builder is None:
@@ -399,11 +399,19 @@ class PredictionDock(QWidget):
             raise DataError("this image has no µm per pixel: enter it under Slide and press Use")
         if self.model is None:
             raise DataError("choose a model first: a run directory or its checkpoint file")
-        box = None
-        if self.scope is Scope.FIELD_OF_VIEW:
-            box = visible_box(self.viewer, self.builder.slide_layer)
+        view = visible_box(self.viewer, self.builder.slide_layer)
+        box = view if self.scope is Scope.FIELD_OF_VIEW else None
         return jobs.PredictRequest(self.model, self.session.section, box,
-                                   self.models.device.currentText())
+                                   self.models.device.currentText(), view=view)
+
+    def _partial(self, step: Any) -> None:
+        """Colour the spots a progressive prediction has finished so far."""
+        s = self.session
+        if not isinstance(step, jobs.PartialPrediction) or step.expression is None or s is None:
+            return
+        if self.runner.cancel_event.is_set() or step.model is not s.model or step.section is not s.section:
+            return  # cancelled, or the slide or the model changed while it ran
+        s.set_prediction(step.expression)
 
     def _predicted(self, result: jobs.PredictResult) -> None:
         s = self.session

@@ -104,8 +104,11 @@ def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[
     reports: queue.SimpleQueue[Progress | None] = queue.SimpleQueue()
     box: dict[str, Any] = {}
 
-    def report(stage: str, done: int, total: int) -> None:
-        reports.put(Progress(stage, int(done), int(total), UNITS.get(stage, "")))
+    def report(stage: str | Progress, done: int = 0, total: int = 0) -> None:
+        if isinstance(stage, Progress):  # a ready-made item, e.g. a partial prediction
+            reports.put(stage)
+        else:
+            reports.put(Progress(stage, int(done), int(total), UNITS.get(stage, "")))
 
     def target() -> None:
         try:
@@ -207,6 +210,8 @@ class PredictRequest:
     #: the field of view in level-0 pixels; None predicts every spot
     box: PixelBox | None = None
     device: str = "auto"
+    #: what the user sees: with every spot asked for, on a large slide, these come first
+    view: PixelBox | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,19 @@ class PredictResult:
     box: PixelBox | None = None
     #: predicted values below the target space's floor, shown (and exported) at the floor
     clipped: int = 0
+
+
+#: sections with at least this many spots are predicted progressively (see engine.progressive)
+PROGRESSIVE_MIN_SPOTS = 2000
+
+
+@dataclass(frozen=True)
+class PartialPrediction(Progress):
+    """A progress report carrying every spot's values known so far (previews included)."""
+
+    expression: Expression | None = None
+    model: Any = None
+    section: Any = None
 
 
 def predict_steps(request: PredictRequest, cancel: threading.Event,
@@ -259,6 +277,10 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         if hit is not None:
             report("predicting", len(index), len(index))
             return index, hit, True, device, None
+        if request.box is None and len(spots) >= PROGRESSIVE_MIN_SPOTS:
+            values = _progressively(request, report, cancel)
+            cache.put(key, values)
+            return index, values, False, device, None
         data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device,
                                   progress=lambda d, t: report("features", d, t))
         values = model.predict(data, device=request.device, cancel=cancel,
@@ -273,6 +295,29 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
     return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device,
                          trust, request.box, clipped)
+
+
+def _progressively(request: PredictRequest, report: Callable[..., None],
+                   cancel: threading.Event) -> np.ndarray:
+    """Every spot, the view first, then coarse to fine; each stage's values reported as a
+    :class:`PartialPrediction` (the dock colours them at once)."""
+    from napari_dkan.engine.progressive import plan_stages, predict_in_stages
+
+    model, section = request.model, request.section
+    spots = section.spots
+    view = None if request.view is None else spots_in_box(spots, request.view)
+    values = np.full((len(spots), len(model.panel)), np.nan, np.float32)
+    known = np.zeros(len(spots), bool)
+    space = target_space(model.smoothing)
+    for part in predict_in_stages(model, section, plan_stages(spots.xy, view), device=request.device,
+                                  progress=report, cancel=cancel):
+        values[part.spot_index] = part.values
+        known[part.spot_index] = True
+        shown = np.flatnonzero(known)
+        report(PartialPrediction(f"coloured ({part.stage})", len(shown), len(spots), "spots",
+                                 Expression(tuple(model.panel), values[shown], shown, space),
+                                 model, section))
+    return values
 
 
 def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:

@@ -104,7 +104,7 @@ def load_section_data(
     runtime: str = "auto",
 ) -> SectionData:
     """Features (from cache when present) and, with a panel and counts, targets of a section."""
-    from napari_dkan.features import extract_section_features, section_patches
+    from napari_dkan.features import extract_section_features
 
     y = None
     if panel is not None and section.has_counts:
@@ -115,6 +115,15 @@ def load_section_data(
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
         progress=progress, cancel=cancel, runtime=runtime,
     )
+    return section_data_from_features(section, feats, features, panel, needs, smoothing)
+
+
+def section_data_from_features(section: Section, feats: Any, features: FeatureSpec,
+                               panel: Sequence[str] | None, needs: Needs = Needs(),
+                               smoothing: bool = True) -> SectionData:
+    """A section's data from its extracted features (``SectionFeatures`` in spot order)."""
+    from napari_dkan.features import section_patches
+
     spots = section.spots
     if not np.array_equal(feats.spot_id, spots.spot_id):
         raise RuntimeError(f"features of {section.name} are not in the section's spot order")

@@ -532,17 +532,19 @@ class TrainedModel:
 
     def predict(self, data: SectionData, device: str = "auto",
                 progress: Callable[[int, int], None] | None = None,
-                cancel: CancelToken | None = None) -> np.ndarray:
-        """Predicted targets (spots × panel) for one section's data, in its spot order."""
+                cancel: CancelToken | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Predicted targets (spots × panel) for one section's data, in its spot order; with
+        ``rows``, for those spots only (each still seeing all of ``data`` as slide context)."""
         if self.kind == "ridge":
-            return self._net.predict(data.patch_feat)
+            return self._net.predict(data.patch_feat if rows is None else data.patch_feat[rows])
         from napari_dkan.devices import resolve_device
         from napari_dkan.engine.families import SpotStore, predict_store
 
         dev = resolve_device(device)
         net = self._net.to(dev)
         text = None if self._text is None else self._text.to(dev)
-        return predict_store(self._family, net, SpotStore([data], dev), text, cancel=cancel, progress=progress)
+        return predict_store(self._family, net, SpotStore([data], dev), text, cancel=cancel,
+                             progress=progress, rows=rows)
 
     @property
     def n_parameters(self) -> int:

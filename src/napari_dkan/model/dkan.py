@@ -26,6 +26,9 @@ class SlideContext:
 
     features: Tensor  # N×D
     positions: Tensor  # N×2 (row, col), long
+    #: the slide branch's output for these spots, computed once for a whole prediction (the
+    #: branch is deterministic in eval mode); used only in eval mode, ignored in training
+    tokens: Tensor | None = None
 
 
 @dataclass
@@ -241,7 +244,9 @@ class DKAN(nn.Module):
         parts, n = [], 0
         for s in present:
             start[s] = n
-            parts.append(self.slide_branch(inputs.slides[s]))
+            ctx = inputs.slides[s]
+            parts.append(ctx.tokens if ctx.tokens is not None and not self.training
+                         else self.slide_branch(ctx))
             n += parts[-1].shape[0]
         return torch.cat(parts)[start[inputs.slide_index] + inputs.spot_index]
 

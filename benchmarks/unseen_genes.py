@@ -26,6 +26,7 @@ Usage (resumable: a finished run is not retrained, an interrupted one resumes)::
     python benchmarks/unseen_genes.py prepare --out /work/exp/i17
     python benchmarks/unseen_genes.py run --out /work/exp/i17 --tests B4 C3 --texts minilm
     python benchmarks/unseen_genes.py report --out /work/exp/i17
+    python benchmarks/unseen_genes.py diagnose --out /work/exp/i17 --tests B4 C3 C5 C2 C4
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def make_family(variant_name: str, genes_per_step: int):
 
 
 def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epochs: int,
-            patience: int, genes_per_step: int) -> dict:
+            patience: int, genes_per_step: int, reeval: bool = False) -> dict:
     import torch
 
     from napari_dkan.engine import checkpoint as ckpt
@@ -158,7 +159,7 @@ def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epo
     meta, arr = load_prep(out)
     name = f"{test}-{texts}-{variant_name}"
     res_path = out / "results" / f"{name}.json"
-    if res_path.is_file():
+    if res_path.is_file() and not reeval:
         log(f"{name}: done already")
         return json.loads(res_path.read_text())
     fold = meta["folds"][FOLD_OF[test]]
@@ -232,11 +233,15 @@ def evaluate(net, family, sec, text, emb, train_idx, fold, meta, arr, texts) -> 
 
         out: dict = {"trained_r": _summary(pearson_per_gene(p_train, truth[:, train_idx]))}
         mean_map = p_train.mean(axis=1, keepdims=True)
+        # how far each predicted map is from the tissue axis (1: the same map up to scale)
+        out["trained_axis_r"] = _summary(pearson_per_gene(p_train, np.repeat(mean_map, p_train.shape[1], 1)))
         tn = emb[train_idx] / np.linalg.norm(emb[train_idx], axis=1, keepdims=True)
         for key, idx in sets.items():
             idx = np.array(idx)
             y = truth[:, idx]
-            model_r = pearson_per_gene(query(emb[idx]), y)
+            p_query = query(emb[idx])
+            model_r = pearson_per_gene(p_query, y)
+            axis_r = pearson_per_gene(p_query, np.repeat(mean_map, len(idx), axis=1))
             mean_r = pearson_per_gene(np.repeat(mean_map, len(idx), axis=1), y)
             qn = emb[idx] / np.linalg.norm(emb[idx], axis=1, keepdims=True)
             nearest = (qn @ tn.T).argmax(axis=1)
@@ -250,6 +255,7 @@ def evaluate(net, family, sec, text, emb, train_idx, fold, meta, arr, texts) -> 
                         "summary": {"model": _summary(model_r), "mean_map": _summary(mean_r),
                                     "nearest": _summary(near_r),
                                     "shuffled": {"median": float(np.mean([np.nanmedian(s) for s in shuf]))},
+                                    "axis_r": _summary(axis_r),
                                     "model_beats_mean_map": float(np.nanmean(model_r > mean_r)),
                                     "model_beats_nearest": float(np.nanmean(model_r > near_r))}}
     return out
@@ -262,13 +268,80 @@ def _summary(r: np.ndarray) -> dict:
             "n": int(np.isfinite(r).sum())}
 
 
+# -- what the texts could carry: measured maps only, no model ---------------------------------------
+def diagnose(out: Path, tests: list[str]) -> None:
+    """How much of a gene's map its text neighbours' *measured* maps explain.
+
+    For each test section and unseen set: median r between an unseen gene's measured map and
+    (i) the measured map of the trained gene nearest in text embedding, (ii) a random trained
+    gene's, (iii) the mean of all trained genes' measured maps.  And over all pairs of panel
+    genes: the Spearman correlation between text cosine similarity and expression correlation
+    (all five sections' spots pooled).  If (i) is no better than (ii), the text neighbourhood
+    carries no spatial information a model could transfer.
+    """
+    from scipy.stats import spearmanr
+
+    from napari_dkan.engine.metrics import pearson_per_gene
+
+    meta, arr = load_prep(out)
+    rng = np.random.default_rng(2021)
+    print("| texts | test | set | n | r(nearest-text gene's measured map) | r(random trained gene's) | "
+          "r(mean of trained genes' measured maps) | residual r, nearest-text | residual r, random |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for texts in ("minilm", "gpt4o"):
+        emb = arr["minilm"] if texts == "minilm" else arr["gpt4o"]
+        covered = arr["described"] if texts == "minilm" else arr["has_gpt"]
+        for test in tests:
+            fold = meta["folds"][FOLD_OF[test]]
+            train_idx = np.array([i for i in range(250) if i not in set(fold)])
+            y = arr[f"y_{test}"]
+            tn = emb[train_idx] / np.linalg.norm(emb[train_idx], axis=1, keepdims=True)
+            for key, idx in (("panel_fold", [i for i in fold if covered[i]]),
+                             ("extra", [i for i in range(250, len(covered)) if covered[i]])):
+                idx = np.array(idx)
+                qn = emb[idx] / np.linalg.norm(emb[idx], axis=1, keepdims=True)
+                near = train_idx[(qn @ tn.T).argmax(axis=1)]
+                rand = rng.choice(train_idx, size=len(idx))
+                r_near = pearson_per_gene(y[:, near], y[:, idx])
+                r_rand = pearson_per_gene(y[:, rand], y[:, idx])
+                mean_map = np.repeat(y[:, train_idx].mean(axis=1, keepdims=True), len(idx), axis=1)
+                r_mean = pearson_per_gene(mean_map, y[:, idx])
+                res = _residual(y, y[:, train_idx].mean(axis=1))
+                rr_near = pearson_per_gene(res[:, near], res[:, idx])
+                rr_rand = np.nanmedian([pearson_per_gene(res[:, rng.choice(train_idx, size=len(idx))], res[:, idx])
+                                        for _ in range(20)], axis=1)
+                print(f"| {texts} | {test} | {key} | {len(idx)} | {np.nanmedian(r_near):.3f} | "
+                      f"{np.nanmedian(r_rand):.3f} | {np.nanmedian(r_mean):.3f} | {np.nanmedian(rr_near):.3f} | "
+                      f"{np.mean(rr_rand):.3f} |")
+    pooled = np.concatenate([arr[f"y_{s}"][:, :250] for s in SECTIONS])
+    expr_corr = np.corrcoef(pooled.T)
+    iu = np.triu_indices(250, 1)
+    print()
+    for texts in ("minilm", "gpt4o"):
+        e = arr[texts][:250]
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        cos = e @ e.T
+        rho = spearmanr(cos[iu], expr_corr[iu]).statistic
+        top = np.argsort(-cos[iu])[: len(iu[0]) // 100]  # the 1% most similar text pairs
+        print(f"{texts}: Spearman(text cosine, expression r) over {len(iu[0])} panel gene pairs = {rho:.3f}; "
+              f"mean expression r of the 1% most text-similar pairs {expr_corr[iu][top].mean():.3f} "
+              f"vs all pairs {expr_corr[iu].mean():.3f}")
+
+
+def _residual(y: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Each column of ``y`` minus its least-squares fit on ``axis`` (and an intercept)."""
+    x = np.column_stack([np.ones_like(axis), axis])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return y - x @ coef
+
+
 # -- report -------------------------------------------------------------------------------------
 def report(out: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
     fmt = lambda s: f"{s['median']:.3f} [{s['q1']:.3f}, {s['q3']:.3f}]"  # noqa: E731
     print("| run | set | n | model (text) | (a) mean map | (b) nearest text | (c) shuffled text | "
-          "model − (a) | model − (b) | model − (c) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "model − (a) | model − (b) | model − (c) | model map vs tissue axis |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     agg: dict = {}
     for r in rows:
         for key in ("panel_fold", "extra"):
@@ -279,7 +352,8 @@ def report(out: Path) -> None:
                 (s["model"]["median"], s["mean_map"]["median"], s["nearest"]["median"], s["shuffled"]["median"]))
             print(f"| {r['name']} (epoch {r['best_epoch']}/{r['epochs_run']}) | {key} | {s['model']['n']} | "
                   f"{fmt(s['model'])} | {fmt(s['mean_map'])} | {fmt(s['nearest'])} | "
-                  f"{s['shuffled']['median']:.3f} | {d[0]:+.3f} | {d[1]:+.3f} | {d[2]:+.3f} |")
+                  f"{s['shuffled']['median']:.3f} | {d[0]:+.3f} | {d[1]:+.3f} | {d[2]:+.3f} | "
+                  f"{s['axis_r']['median'] if 'axis_r' in s else float('nan'):.3f} |")
     print("\nMean over test sections of the median per-gene r:\n")
     print("| texts | variant | set | sections | model | (a) | (b) | (c) | model − (a) | model − (b) | model − (c) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -289,13 +363,15 @@ def report(out: Path) -> None:
               f"{m[0]-m[1]:+.3f} | {m[0]-m[2]:+.3f} | {m[0]-m[3]:+.3f} |")
     print("\nTrained genes on the test section (context):")
     for r in rows:
+        axis = r.get("trained_axis_r", {}).get("median", float("nan"))
         print(f"  {r['name']}: median r {r['trained_r']['median']:.3f}, mean {r['trained_r']['mean']:.3f}, "
+              f"map vs tissue axis {axis:.3f}, "
               f"{r['seconds_per_epoch']:.1f} s/epoch")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("step", choices=["prepare", "run", "report"])
+    ap.add_argument("step", choices=["prepare", "run", "report", "diagnose"])
     ap.add_argument("--out", type=Path, default=Path("/work/exp/i17"))
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--tests", nargs="+", default=["B4", "C3"])
@@ -304,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--genes-per-step", type=int, default=64)
+    ap.add_argument("--reeval", action="store_true", help="score finished runs again (no training)")
     a = ap.parse_args(argv)
     if a.step == "prepare":
         prepare(a.out, a.data)
@@ -311,7 +388,10 @@ def main(argv: list[str] | None = None) -> None:
         for var in a.variants:
             for texts in a.texts:
                 for test in a.tests:
-                    run_one(a.out, a.data, test, texts, var, a.epochs, a.patience, a.genes_per_step)
+                    run_one(a.out, a.data, test, texts, var, a.epochs, a.patience, a.genes_per_step,
+                            a.reeval)
+    elif a.step == "diagnose":
+        diagnose(a.out, a.tests)
     else:
         report(a.out)
 

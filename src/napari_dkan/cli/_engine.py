@@ -330,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
     from napari_dkan.io.dataset import open_section
     from napari_dkan.io.errors import DataError
-    from napari_dkan.storage import atomic_write, check_writable
+    from napari_dkan.storage import anndata_size_hint, atomic_write, check_writable
 
     model = load_model_arg(args.model)
     section = open_section(args.path, args.sections[0] if args.sections else None, args.spots,
@@ -345,7 +345,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         adata = predict_section(model, section, device=args.device, progress=bars.status)
     finally:
         bars.close()
-    atomic_write(args.output, adata.write_h5ad)
+    atomic_write(args.output, adata.write_h5ad, anndata_size_hint(adata))
     payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
                "model": str(model.run_dir)}
     emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}")

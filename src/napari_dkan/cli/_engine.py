@@ -395,7 +395,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
     from napari_dkan.io.formats import open_section
     from napari_dkan.io.errors import DataError
-    from napari_dkan.storage import atomic_write, check_writable
+    from napari_dkan.storage import anndata_size_hint, atomic_write, check_writable
 
     model = load_model_arg(args.model)
     section = open_section(args.path, args.sections[0] if args.sections else None, args.spots,
@@ -411,7 +411,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 level=args.level, runtime=args.runtime)
     finally:
         bars.close()
-    atomic_write(args.output, adata.write_h5ad)
+    atomic_write(args.output, adata.write_h5ad, anndata_size_hint(adata))
     uns = adata.uns["napari_dkan"]
     payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
                "model": str(model.run_dir), "ood_score": uns.get("ood_score"),

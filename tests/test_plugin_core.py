@@ -79,13 +79,17 @@ def test_reader_opens_visium_with_its_low_resolution_image(visium_dir):
     layers = read_dataset(str(visium_dir))
     (_, img_meta, _), (coords, pts_meta, _) = layers
     mpp = pts_meta["scale"][0]
-    # the hires PNG is scaled so that its pixels land under the full-resolution spots
+    # this copy's hires PNG is blank: the lowres PNG is scaled so that its pixels land under
+    # the full-resolution spots
     import json
 
     factors = json.loads((visium_dir / "spatial" / "scalefactors_json.json").read_text())
-    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_hires_scalef"])
+    assert img_meta["name"].endswith("lowres image")
+    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_lowres_scalef"])
     assert len(coords) == len(pts_meta["features"]) == 100
-    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"])
+    # spot_diameter_fullres spans Space Ranger's 65 µm; the capture spot is 55 µm
+    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"] * 55 / 65)
+    assert pts_meta["size"] * mpp == pytest.approx(55.0)
 
 
 def test_reader_opens_an_h5ad_section(c2, tmp_path):
@@ -138,6 +142,62 @@ def test_session_shares_limits_scores_and_keeps_the_gene(session):
     assert np.isnan(residual[1]) and residual[0] == pytest.approx(p[0] - m[0])
     with pytest.raises(DataError, match="percentiles"):
         session.set_display(low_percentile=95, high_percentile=5)
+
+
+def test_colour_scales_fixed_across_genes_and_z_scores_per_source(session):
+    from napari_dkan._widgets.colour_scales import Z_RANGE, ColourScale
+
+    genes = ("LOW", "HIGH")
+    n = session.n_spots
+    rng = np.random.default_rng(1)
+    measured = Expression(genes, np.column_stack([rng.random(n) * 0.2, 1 + rng.random(n)]), np.arange(n))
+    session.set_model(_Model(genes), measured)
+    session.set_prediction(Expression(genes, measured.values * 0.5 + 0.1, np.arange(n)))
+    per_gene = session.contrast_limits()
+    session.set_display(scale=ColourScale.FIXED)
+    fixed = session.contrast_limits()
+    session.set_gene("HIGH")
+    assert session.contrast_limits() == fixed != per_gene  # one range for every gene
+    everything = np.concatenate([measured.values.ravel(), (measured.values * 0.5 + 0.1).ravel()])
+    assert fixed == pytest.approx((0.0, np.percentile(everything, 99)))
+    # a LOW spot reads low on the fixed scale: the colour means the same level for both genes
+    session.set_gene("LOW")
+    assert session.gene_values(session.measured).max() < fixed[0] + 0.25 * (fixed[1] - fixed[0])
+    session.set_display(scale=ColourScale.Z_SCORE)
+    assert session.contrast_limits() == (-Z_RANGE, Z_RANGE)
+    for source in (session.measured, session.predicted):  # each standardised on its own
+        z = session.shown_values(source)
+        assert z.mean() == pytest.approx(0, abs=1e-5) and z.std() == pytest.approx(1, abs=1e-4)
+    # the predicted values are a linear function of the measured: identical z-scores
+    assert np.allclose(session.shown_values(session.measured), session.shown_values(session.predicted), atol=1e-4)
+
+
+def test_negative_predictions_are_raised_to_the_floor_and_counted():
+    from napari_dkan._widgets.expression import clip_to_floor
+
+    values, n = clip_to_floor(np.array([[-0.27, 0.5], [0.0, -1e-3]], dtype=np.float32))
+    assert n == 2 and values.min() == 0.0 and values[0, 1] == pytest.approx(0.5)
+    same, none = clip_to_floor(np.array([[0.1]], dtype=np.float32))
+    assert none == 0 and same[0, 0] == pytest.approx(0.1)
+
+
+def test_hover_reads_the_spot_in_um_with_all_values_and_takes_extra_fields(session):
+    from napari_dkan._widgets import hover
+
+    genes = ("A",)
+    n = session.n_spots
+    measured = Expression(genes, np.linspace(0, 1, n)[:, None], np.arange(n))
+    session.set_model(_Model(genes), measured)
+    lines = hover.spot_hover(session, 3)
+    spots, mpp = session.section.spots, session.section.mpp
+    assert lines[0] == f"spot {spots.spot_id[3]} at x {spots.x[3] * mpp:,.0f} µm, y {spots.y[3] * mpp:,.0f} µm"
+    assert lines[1] == f"A: measured {measured.values[3, 0]:.2f}"  # nothing predicted yet
+    session.set_prediction(Expression(genes, np.full((1, 1), 0.5), np.array([3])))
+    lines = hover.spot_hover(session, 3, extra=[lambda s, i: f"interval for {s.gene} at {i}"])
+    v = measured.values[3, 0]
+    assert lines[1] == f"A: measured {v:.2f} · predicted 0.50 · residual {0.5 - v:.2f}"
+    assert lines[2] == "interval for A at 3"
+    assert hover.spot_hover(session, 4)[1] == f"A: measured {measured.values[4, 0]:.2f} · predicted n/a"
 
 
 def test_measured_expression_marks_absent_genes_as_missing(c2):
@@ -230,7 +290,7 @@ def test_export_writes_engine_anndata_and_csv(model, session, tmp_path):
     frame = pd.read_csv(write_predictions(session, tmp_path / "p.csv"), index_col=0)
     assert list(frame.columns[:4]) == ["array_row", "array_col", "x", "y"]
     assert np.allclose(frame[list(model.panel)].to_numpy(), pred.values, atol=1e-6)
-    with pytest.raises(DataError, match=".h5ad or .csv"):
+    with pytest.raises(DataError, match=r"\.h5ad, \.csv or \.zarr"):
         write_predictions(session, tmp_path / "p.xlsx")
     # the napari writer rebuilds the same AnnData from a predicted layer's metadata
     from napari_dkan._widgets.expression import spot_features

@@ -188,7 +188,7 @@ class _AfterFirstCheckpoint(threading.Event):
         self.run_dir = run_dir
 
     def is_set(self) -> bool:
-        return super().is_set() or (self.run_dir / "model.safetensors").is_file()
+        return super().is_set() or any(self.run_dir.glob("best-e*.safetensors"))
 
 
 def test_cancel_keeps_the_best_checkpoint_so_far(her2st, base_run, tmp_path):

@@ -13,7 +13,13 @@ What opens, and as what:
 - a Space Ranger (Visium) output folder: the full-resolution image when the folder holds
   exactly one slide file (Space Ranger does not copy it there; put it beside ``spatial/``),
   else Space Ranger's hires PNG scaled onto the spots, plus the measured spots;
-- an ``.h5ad`` file in the scanpy convention: its first library, image and measured spots.
+- an ``.h5ad`` file in the scanpy convention: its first library, image (the full-resolution one
+  when its path is stored, else the hires or lowres image in ``uns["spatial"]``) and measured
+  spots; a napari-dkan prediction file: its slide, predicted and measured layers, each for
+  what it is (:mod:`napari_dkan._saved_predictions`).
+
+What the reader had to assume or pass over (log-normalised counts, Ensembl ids, a blank image, a
+missing scale-factor file…) is said in a notification per point.
 
 The measured layer has one feature column per gene of the section's top-250 panel (its own
 genes with the highest mean count, the paper's panel rule), in the model's target space without
@@ -91,12 +97,16 @@ def slide_layer(slide: Any) -> LayerData:
 
 def read_dataset(path: str | list[str]) -> list[LayerData]:
     """The slide and measured spots of one section (see the module docstring for which)."""
+    from napari.utils.notifications import show_info, show_warning
+
     p = Path(path[0] if isinstance(path, list) else path)
+    if p.suffix.lower() == ".h5ad" and _is_prediction_file(p):
+        from napari_dkan._saved_predictions import saved_prediction_layers
+
+        return saved_prediction_layers(p)
     source, note = _section_source(p)
     section = source.open()
     if note:
-        from napari.utils.notifications import show_info
-
         show_info(note.format(section=section.name))
     layers: list[LayerData] = []
     slide = _section_image_layer(section, source)
@@ -104,7 +114,20 @@ def read_dataset(path: str | list[str]) -> list[LayerData]:
         layers.append(slide)
     if section.has_counts:
         layers.append(measured_layer(section, source))
+    for line in section.notes:  # what the reader assumed or passed over (filled while loading)
+        show_warning(f"{section.name}: {line}")
     return layers
+
+
+def _is_prediction_file(p: Path) -> bool:
+    """Written by napari-dkan (uns/napari_dkan/model), judged from the HDF5 keys alone."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            return "uns/napari_dkan/model" in f
+    except OSError:
+        return False  # not HDF5: the dataset reader says what is wrong
 
 
 def _section_source(p: Path) -> tuple[SectionSource, str]:
@@ -165,29 +188,24 @@ def _section_image_layer(section: Section, source: SectionSource) -> LayerData |
         meta["name"] = f"{section.name} · slide"
         meta["metadata"][META_KEY]["source"] = meta_source
         return data, meta, kind
-    return _low_res_layer(section, source)
+    return low_res_layer(section, meta_source)
 
 
-def _low_res_layer(section: Section, source: SectionSource) -> LayerData | None:
-    """Space Ranger's hires/lowres PNG, scaled so it lies under the full-resolution spots."""
-    from napari_dkan.io.visium import find_spaceranger_outs, low_res_image
-
-    root = Path(source.path)
-    outs = find_spaceranger_outs(root) if root.is_dir() else None
-    found = low_res_image(outs / "spatial") if outs is not None else None
-    if found is None:
+def low_res_layer(section: Section, source: dict[str, Any]) -> LayerData | None:
+    """The section's low-resolution image (Space Ranger PNG, AnnData uns image) under its spots."""
+    preview = section.preview
+    if preview is None:
         return None
-    image, factor = found
     mpp = float(section.mpp)
     meta = {
-        "name": f"{section.name} · low-resolution image",
+        "name": f"{section.name} · {preview.kind} image",
         "rgb": True,
-        "scale": (mpp / factor, mpp / factor),
+        "scale": (mpp / preview.scale, mpp / preview.scale),
         "units": ("µm", "µm"),
-        "metadata": {META_KEY: {"role": "slide", "source": source.to_metadata(), "mpp": mpp,
+        "metadata": {META_KEY: {"role": "slide", "source": source, "mpp": mpp,
                                 "pixel_scale": (mpp, mpp), "low_resolution": True}},
     }
-    return image, meta, "image"
+    return preview.image, meta, "image"
 
 
 def measured_layer(section: Section, source: SectionSource) -> LayerData:

@@ -38,7 +38,9 @@ class SectionSource:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.path).name}::{self.section}" if self.section else Path(self.path).name
+        """In words: "section C2 of her2st", or "slide CMU-1.svs"."""
+        name = Path(self.path).name
+        return f"section {self.section} of {name}" if self.section else f"slide {name}"
 
     def to_metadata(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

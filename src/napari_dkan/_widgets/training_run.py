@@ -166,8 +166,8 @@ def _step_text(e: TrainEvent) -> str:
 
 
 def _epoch_text(e: TrainEvent) -> str:
-    return (f"epoch {e.epoch}/{e.epochs} · loss {_fmt(e.loss)} · validation PCC {_fmt(e.val_pcc)} "
-            f"· best {_fmt(e.best_pcc)} (epoch {e.best_epoch})")
+    return (f"epoch {e.epoch}/{e.epochs} · loss {_fmt(e.loss)} · agreement on held-out spots "
+            f"r = {_fmt(e.val_pcc)} · best {_fmt(e.best_pcc)} (epoch {e.best_epoch})")
 
 
 def release_device_memory() -> int | None:

@@ -101,9 +101,10 @@ def load_section_data(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     cancel: Any = None,
+    runtime: str = "auto",
 ) -> SectionData:
     """Features (from cache when present) and, with a panel and counts, targets of a section."""
-    from napari_dkan.features import extract_section_features, section_patches
+    from napari_dkan.features import extract_section_features
 
     y = None
     if panel is not None and section.has_counts:
@@ -112,8 +113,17 @@ def load_section_data(
     feats = extract_section_features(
         section, encoder=features.encoder, mode=features.mode, tile_px=features.tile_px,
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
-        progress=progress, cancel=cancel,
+        progress=progress, cancel=cancel, runtime=runtime,
     )
+    return section_data_from_features(section, feats, features, panel, needs, smoothing)
+
+
+def section_data_from_features(section: Section, feats: Any, features: FeatureSpec,
+                               panel: Sequence[str] | None, needs: Needs = Needs(),
+                               smoothing: bool = True) -> SectionData:
+    """A section's data from its extracted features (``SectionFeatures`` in spot order)."""
+    from napari_dkan.features import section_patches
+
     spots = section.spots
     if not np.array_equal(feats.spot_id, spots.spot_id):
         raise RuntimeError(f"features of {section.name} are not in the section's spot order")

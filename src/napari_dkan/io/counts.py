@@ -9,7 +9,7 @@ path, size and modification time, so a dataset is parsed once.
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import scipy.sparse as sp
 
 from napari_dkan.io.errors import DataError
 from napari_dkan.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 
@@ -220,8 +222,9 @@ def _unique_names(names: np.ndarray) -> np.ndarray:
 
 
 def _cache_path(path: Path) -> Path:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{_CACHE_VERSION}"
+    from napari_dkan.storage import file_identity  # storage imports io.errors: not at import time
+
+    key = f"{file_identity(path)}|v{_CACHE_VERSION}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
     return cache_dir("counts") / f"{path.name.split('.')[0]}-{digest}.npz"
 
@@ -247,15 +250,17 @@ def _cached(path: Path, parse: callable) -> Counts:  # type: ignore[valid-type]
     if hit is not None:
         return hit
     counts = parse(path)
+    from napari_dkan.storage import StorageError, atomic_write
+
+    m = counts.matrix
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: numpy would append ".npz" to a path
+            np.savez(fh, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape),
+                     genes=counts.genes, spot_id=counts.spot_id)
+
     try:
-        cp = _cache_path(path)
-        tmp = cp.with_suffix(f".{os.getpid()}.tmp.npz")
-        m = counts.matrix
-        np.savez(
-            tmp, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape),
-            genes=counts.genes, spot_id=counts.spot_id,
-        )
-        os.replace(tmp, cp)
-    except OSError:
-        pass  # a read-only cache only costs speed
+        atomic_write(_cache_path(path), write)
+    except (StorageError, OSError) as exc:
+        log.warning("parsed counts of %s were not cached (%s); continuing without the cache", path.name, exc)
     return counts

@@ -18,6 +18,7 @@ from typing import Any
 
 from napari_dkan.io.counts import Counts
 from napari_dkan.io.errors import DataError
+from napari_dkan.io.preview import Preview
 from napari_dkan.io.slides import Slide, open_slide
 from napari_dkan.io.spots import SpotTable
 
@@ -38,6 +39,10 @@ class Section:
     dataset: str = ""
     #: a short explanation shown when an image is required but absent
     missing_image_hint: str = ""
+    #: a low-resolution image of the section (Space Ranger PNG, AnnData ``uns`` image), if any
+    load_preview: Callable[[], Preview | None] | None = field(default=None, repr=False)
+    #: what the reader assumed or passed over, in words for the user (shown by reader and dock)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_counts(self) -> bool:
@@ -67,6 +72,11 @@ class Section:
             raise DataError(f"section {self.name} has no measured expression (no count matrix)")
         counts = self.load_counts()
         return counts.align(self.spots.spot_id, source=f"the counts of section {self.name}")
+
+    @cached_property
+    def preview(self) -> Preview | None:
+        """The section's low-resolution image, or None (read once, on first use)."""
+        return self.load_preview() if self.load_preview is not None else None
 
     def require_image(self) -> Path:
         if self.image_path is None:
@@ -201,3 +211,13 @@ class Dataset:
             "patients": sorted(self.patients),
             "sections": secs,
         }
+
+
+def __getattr__(name: str) -> Any:
+    """``open_dataset`` lives in :mod:`napari_dkan.io.formats` (the reader registry, which imports
+    this module); it is still importable from here, resolved on first use so that no cycle forms."""
+    if name == "open_dataset":
+        from napari_dkan.io.formats import open_dataset
+
+        return open_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -471,15 +471,16 @@ def _open_backend(path: Path) -> _OpenSlideBackend | _ArrayBackend:
     )
 
 
-# Decoded plain images, keyed by (path, size, mtime): opening the same JPEG twice decodes once.
-_DECODED: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+# Decoded plain images, keyed by file identity (path, size, mtime): the same JPEG decodes once.
+_DECODED: OrderedDict[str, np.ndarray] = OrderedDict()
 _DECODED_MAX = 2
 _DECODE_LOCK = threading.Lock()
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+def _file_key(path: Path) -> str:
+    from napari_dkan.storage import file_identity
+
+    return file_identity(path)
 
 
 def _is_tiff(path: Path) -> bool:

@@ -37,6 +37,19 @@ _NEIGHBOUR_OFFSETS = {
 }
 
 
+def neighbour_reach(layout: GridLayout) -> tuple[int, int]:
+    """The largest (|row|, |col|) step from a spot to a grid neighbour: how far smoothing reaches."""
+    offsets = _NEIGHBOUR_OFFSETS[layout]
+    return max(abs(dr) for dr, _ in offsets), max(abs(dc) for _, dc in offsets)
+
+
+def layout_of(array_row: np.ndarray, array_col: np.ndarray) -> GridLayout:
+    """The grid a set of array positions lies on: hexagonal (Visium: row + col always of one
+    parity) or square (legacy ST)."""
+    parity = (np.asarray(array_row) + np.asarray(array_col)) % 2
+    return GridLayout.HEX if len(parity) and (parity == parity[0]).all() else GridLayout.SQUARE
+
+
 @dataclass(frozen=True, eq=False)
 class SpotTable:
     """Spots of one section, in one order that every per-spot array follows."""

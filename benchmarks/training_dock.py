@@ -74,8 +74,8 @@ def main() -> None:
     import napari
 
     from napari_dkan._widgets.recent_models import RecentModels
-    from napari_dkan.demo import wait_for
     from napari_dkan._widgets.training_dock import TrainingDock
+    from napari_dkan.demo import wait_for
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)

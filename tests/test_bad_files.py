@@ -155,9 +155,8 @@ def test_a_truncated_jpeg_fails_when_napari_opens_it_not_when_it_draws(tmp_path)
 
 
 def test_a_truncated_section_image_fails_when_the_section_is_opened(her2st, tmp_path):
-    from test_bad_input import _mini_root
-
     from napari_dkan._reader import napari_get_reader
+    from test_bad_input import _mini_root
 
     root = _mini_root(her2st, tmp_path, image=False)
     folder = root / "ST-imgs" / "C" / "C2"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # From Python 3.12 None is immortal: its count never falls, and a leak cannot kill the process.

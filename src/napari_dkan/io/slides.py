@@ -415,8 +415,11 @@ def on_background(rgba: np.ndarray) -> np.ndarray:
     rgb, alpha = rgba[..., :3], rgba[..., 3]
     if alpha.min() == 255:
         return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.float32) / 255.0
-    return (rgb * a + BACKGROUND * (1.0 - a)).round().astype(np.uint8)
+    # in integers: (rgb·a + 255·(255 − a)) / 255 never exceeds 65,025, so uint16 holds it
+    # (a 9,300×9,900 RGBA image needs 0.55 GB here rather than 1.1 GB of float32)
+    a = alpha[..., None].astype(np.uint16)
+    mixed = rgb.astype(np.uint16) * a + BACKGROUND * (255 - a) + 127
+    return (mixed // 255).astype(np.uint8)
 
 
 def _lazy_level(backend: _OpenSlideBackend | _ArrayBackend, level: int) -> dask.array.Array:

@@ -79,7 +79,7 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     dock.set_gene(bad)
     assert f"{bad} — expected r 0.02 ± 0.05 on unseen sections: unreliable" in dock.trust.gene_line.text()
     assert viewer.text_overlay.visible
-    assert viewer.text_overlay.text == f"{bad}: UNRELIABLE prediction (expected r 0.02 on unseen sections)"
+    assert viewer.text_overlay.text == f"{bad}: UNRELIABLE (expected r 0.02)"
     assert predicted.opacity == pytest.approx(0.35) and predicted.name == "C3 · predicted"
 
     # C3 trained this model: the section notice and every score say so

@@ -171,12 +171,13 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
     if overlay is None:
         return
     if bad:
-        overlay.text = (f"{gene}: UNRELIABLE prediction (expected r {r:.2f} on unseen sections)"
-                        if r is not None else f"{gene}: UNRELIABLE prediction (r not measurable)")
+        overlay.text = (f"{gene}: UNRELIABLE (expected r {r:.2f})" if r is not None
+                        else f"{gene}: UNRELIABLE (r not measurable)")
         overlay.color = (1.0, 0.35, 0.3, 1.0)
-        overlay.font_size = 14
+        overlay.font_size = 12
+        overlay.position = "top_left"
         overlay.visible = True
-    elif overlay.text.endswith("on unseen sections)") or overlay.text.endswith("(r not measurable)"):
+    elif ": UNRELIABLE (" in overlay.text:
         overlay.visible = False  # ours: take it down (another tool's text is left alone)
         overlay.text = ""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from napari_dkan.model.blocks import CrossAttentionLayer, TransformerStack, projection
+from napari_dkan.model.blocks import CrossAttentionLayer, Dropout, TransformerStack, projection
 from napari_dkan.model.config import Alignment, DKANConfig, PatchInput
 
 
@@ -173,7 +173,7 @@ class ExpressionEncoder(nn.Module):
         self.inp = nn.Linear(n_genes, d)
         self.hidden = nn.Linear(d, d)
         self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, y: Tensor) -> Tensor:

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from napari_dkan.model.blocks import CrossAttentionLayer, Dropout, TransformerStack, projection
+from napari_dkan.model.blocks import (
+    CrossAttentionLayer, Dropout, TransformerStack, projection, set_dropout_sampler,
+)
 from napari_dkan.model.config import Alignment, DKANConfig, PatchInput
 
 
@@ -231,6 +233,7 @@ class DKAN(nn.Module):
         else:
             self.fusion_head = nn.Linear(d, n_genes)
             self.aux_heads = nn.ModuleList(nn.Linear(d, n_genes) for _ in range(3))
+        set_dropout_sampler(self, cfg.dropout_sampler)
 
     # -- pieces ------------------------------------------------------------------------------
     def slide_tokens(self, inputs: SpotInputs) -> Tensor:

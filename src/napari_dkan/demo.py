@@ -159,7 +159,6 @@ def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str 
             return info
         out = Path(screenshot)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _relayout_canvas(viewer, app, dock)
         image = viewer.screenshot(canvas_only=False, flash=False)
         from PIL import Image
 
@@ -169,17 +168,6 @@ def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str 
     finally:
         if display is not None:
             display.stop()
-
-
-def _relayout_canvas(viewer: Any, app: Any, dock: Any) -> None:
-    """Have the canvas lay its grid panels out at its final size before the picture is taken
-    (under Xvfb a band of the canvas below the panels stayed black): a one-pixel resize."""
-    window = viewer.window._qt_window
-    width, height = window.width(), window.height()
-    window.resize(width, height - 1)
-    _settle(app, dock)
-    window.resize(width, height)
-    _settle(app, dock)
 
 
 def _add_training_dock(viewer: Any) -> None:

@@ -349,9 +349,20 @@ class LayerBuilder:
         lo, hi = world.min(axis=0) - pad, world.max(axis=0) + pad
         self._fitted = True
         camera = self.viewer.scene.camera
-        camera.center = tuple((lo + hi) / 2)
         panel = np.asarray(self.viewer.canvas.viewbox_size(self.viewer.layers), dtype=float)
-        camera.zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+        zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+        camera.center = tuple(self._inside_slide((lo + hi) / 2, panel / zoom))
+        camera.zoom = zoom
+
+    def _inside_slide(self, centre: np.ndarray, shown: np.ndarray) -> np.ndarray:
+        """Move the view's centre so the view stays on the slide where the slide is larger than
+        the view (no band of empty canvas beside the tissue when the spots sit near an edge)."""
+        extent = np.asarray(self.slide_layer.extent.world, dtype=float)[:, -2:]
+        lo, hi = extent.min(axis=0), extent.max(axis=0)
+        half = shown / 2
+        room = (hi - lo) > shown
+        clamped = np.clip(centre, lo + half, hi - half)
+        return np.where(room, clamped, centre)
 
     def _known_spots(self) -> Any:
         """The section's spots when reading them is cheap (a dataset), else None (a lattice

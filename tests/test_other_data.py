@@ -243,3 +243,24 @@ def test_own_prediction_file_opens_in_napari_as_predicted_and_measured(c2, tmp_p
     assert np.allclose(roles["predicted"][1]["features"][gene], -0.25)
     assert np.allclose(roles["measured"][1]["features"][gene], 0.75)
     assert "predicted" in roles["predicted"][1]["name"]
+
+
+def test_mouse_data_for_a_human_model_is_said(folder, panels_dir, tmp_path):
+    import anndata
+    import pandas as pd
+
+    from napari_dkan.io.coverage import panel_coverage
+
+    counts = folder.counts
+    mouse = [g.capitalize() if not g.startswith("ENSG") else f"Gm{k}" for k, g in enumerate(counts.genes)]
+    anndata.AnnData(X=counts.matrix, obs=pd.DataFrame(index=counts.spot_id),
+                    var=pd.DataFrame(index=mouse),
+                    obsm={"spatial": folder.spots.xy}).write_h5ad(tmp_path / "mouse.h5ad")
+    sec = open_dataset(tmp_path / "mouse.h5ad").sections[0]
+    panel = (panels_dir / "her2st.txt").read_text().split()
+    cov = panel_coverage(sec, panel)
+    assert cov.mouse and cov.measured == 0
+    message = cov.message("HER2ST")
+    assert "mouse genes" in message and "HER2ST" in message and "only 0 of the model's 250" in message
+    # human data is not called mouse
+    assert not panel_coverage(folder, panel).mouse

@@ -56,6 +56,46 @@ def compare(first: dict[int, np.ndarray], first_stage: dict[int, str], final: np
     return out
 
 
+def engine_only(args: argparse.Namespace, run_dir: Path) -> dict:
+    """The same staged prediction without napari, on the ``--max-spots`` spots nearest the
+    slide's centre (a square crop), with the view a ``--view-mm`` square at its centre."""
+    from napari_dkan.engine.progressive import plan_stages, predict_in_stages
+    from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.features import with_spots
+    from napari_dkan.io.dataset import open_section
+
+    model = TrainedModel.load(run_dir)
+    section = open_section(args.slide)
+    spots = section.spots
+    mpp = float(section.mpp)
+    centre = np.median(spots.xy, axis=0)
+    if args.max_spots and args.max_spots < len(spots):
+        cheb = np.abs(spots.xy - centre).max(axis=1)
+        section = with_spots(section, np.sort(np.argsort(cheb, kind="stable")[:args.max_spots]))
+        spots = section.spots
+    half = args.view_mm * 1000 / mpp / 2
+    view = np.flatnonzero((np.abs(spots.xy - centre) <= half).all(axis=1))
+    stages = plan_stages(spots.xy, view)
+    t0 = time.perf_counter()
+    events, first, first_stage = [], {}, {}
+    final = np.full((len(spots), len(model.panel)), np.nan, np.float32)
+    for part in predict_in_stages(model, section, stages, device="cpu"):
+        events.append({"at_s": round(time.perf_counter() - t0, 2), "stage": part.stage,
+                       "spots": len(part.spot_index), "context": part.context, "final": part.final})
+        print(json.dumps(events[-1]), file=sys.stderr, flush=True)
+        final[part.spot_index] = part.values
+        for i, row in zip(part.spot_index.tolist(), part.values):
+            if i not in first:
+                first[i], first_stage[i] = row.copy(), part.stage
+    t1 = time.perf_counter()
+    one_shot = model.predict(model.section_data(section, with_targets=False, device="cpu"), device="cpu")
+    return {"slide": str(args.slide), "spots": len(spots), "spots_in_view": len(view),
+            "model": model.describe(), "stages": events, "complete_s": round(t1 - t0, 2),
+            "one_shot_predict_from_cache_s": round(time.perf_counter() - t1, 2),
+            "final_equals_one_shot_max_abs": float(np.nanmax(np.abs(final - one_shot))),
+            "preview_vs_final": compare(first, first_stage, final), "loadavg": os.getloadavg()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("slide", type=Path, help=".h5ad whose spots point at a slide (or any readable file)")
@@ -64,7 +104,16 @@ def main() -> None:
     ap.add_argument("--interval-ms", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=3000.0)
     ap.add_argument("--cache", type=Path, help="feature cache folder (default: a fresh temporary one)")
+    ap.add_argument("--engine", action="store_true", help="no napari: the engine's stages only")
+    ap.add_argument("--max-spots", type=int, help="with --engine: a central square of N spots")
     args = ap.parse_args()
+    if args.engine:
+        work = Path(tempfile.mkdtemp(prefix="progressive-"))
+        os.environ["NAPARI_DKAN_CACHE"] = str(args.cache or work / "cache")
+        from gui_stall import train_tiny
+
+        print(json.dumps(engine_only(args, args.model or train_tiny(work)), indent=1))
+        return
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         raise SystemExit("needs a display: run under xvfb-run -a")
     work = Path(tempfile.mkdtemp(prefix="progressive-"))

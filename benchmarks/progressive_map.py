@@ -142,11 +142,16 @@ def main() -> None:
         app.processEvents()
         time.sleep(0.01)
     loop = QEventLoop()
+
+    def settle() -> None:
+        while dock.busy:  # e.g. the bundled model, which the dock loads on its own
+            app.processEvents()
+            time.sleep(0.02)
+
+    settle()
     dock.choose_model(str(run_dir))
-    while dock.busy:
-        app.processEvents()
-        time.sleep(0.02)
-    if dock.model is None:
+    settle()
+    if dock.model is None or Path(dock.model.run_dir).resolve() != Path(run_dir).resolve():
         raise SystemExit(f"the model did not load: {dock.status.text()}")
     session = dock.session
     spots, mpp = session.section.spots, float(session.section.mpp)

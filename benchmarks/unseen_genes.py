@@ -358,7 +358,8 @@ def report(out: Path) -> None:
                  s["model"]["median"] - s["shuffled"]["median"])
             agg.setdefault((r["texts"], r["variant"], key), []).append(
                 (s["model"]["median"], s["mean_map"]["median"], s["nearest"]["median"], s["shuffled"]["median"]))
-            print(f"| {r['name']} (epoch {r['best_epoch']}/{r['epochs_run']}) | {key} | {s['model']['n']} | "
+            cut = " ¹" if "deadline" in r.get("status", "") else ""
+            print(f"| {r['name']} (epoch {r['best_epoch']}/{r['epochs_run']}{cut}) | {key} | {s['model']['n']} | "
                   f"{fmt(s['model'])} | {fmt(s['mean_map'])} | {fmt(s['nearest'])} | "
                   f"{s['shuffled']['median']:.3f} | {d[0]:+.3f} | {d[1]:+.3f} | {d[2]:+.3f} | "
                   f"{s['axis_r']['median'] if 'axis_r' in s else float('nan'):.3f} |")

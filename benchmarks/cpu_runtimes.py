@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_dkan.features import extract_section_features, section_patches
     from napari_dkan.features.encoders import load_encoder
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     ds = open_dataset(args.dataset)
     section = ds.select([args.section]).sections[0]

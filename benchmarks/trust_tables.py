@@ -35,7 +35,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def foreign_slides() -> dict[str, object]:
     """Slides of other tissue, each with a lattice of spots over its detected tissue."""
-    from napari_dkan.io.dataset import open_section
+    from napari_dkan.io.formats import open_section
 
     out: dict[str, object] = {}
     cmu = SHARED / "wsi" / "CMU-1-Small-Region.svs"
@@ -78,7 +78,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
     from napari_dkan.engine.conformal import coverage_and_width
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.engine.trust import assess, attach_from_data
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     ds = open_dataset(data_root)
     foreign = foreign_slides()

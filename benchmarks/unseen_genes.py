@@ -51,7 +51,7 @@ def log(*a: object) -> None:
 
 # -- preparation -------------------------------------------------------------------------------
 def prepare(out: Path, data: Path) -> None:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.expression import read_panel_file, select_panel, smooth
     from napari_dkan.knowledge import embed_texts, gene_texts, read_text_tsv
 
@@ -105,7 +105,7 @@ def load_prep(out: Path) -> tuple[dict, dict]:
 
 def section_data(data: Path, names: list[str], y: dict[str, np.ndarray]) -> dict:
     from napari_dkan.engine.data import FeatureSpec, Needs, load_section_data
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     ds = open_dataset(data / "her2st")
     out = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -29,25 +28,19 @@ def main() -> None:
 
     import napari
     from PIL import Image
-    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True, title="napari-dkan — fine-tuning")
     viewer.window.resize(*(int(v) for v in args.size.split("x")))
     viewer.open(str(Path(args.data) / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
     viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     _, train = viewer.window.add_plugin_dock_widget("napari-dkan", "Fine-tune a model")
-    app = QApplication.instance()
+
+    from napari_dkan.demo import wait_for  # Qt's event loop, not a processEvents loop
 
     def settle(until=lambda: True, timeout: float = 3600.0) -> None:
-        t0 = time.monotonic()
-        while not until() or train.busy:
-            app.processEvents()
-            time.sleep(0.02)
-            if time.monotonic() - t0 > timeout:
-                raise SystemExit("timed out")
-        for _ in range(50):
-            app.processEvents()
-            time.sleep(0.01)
+        if not wait_for(lambda: until() and not train.busy, timeout):
+            raise SystemExit("timed out")
+        wait_for(lambda: False, 0.5)
 
     settle()  # devices, presets and the sections of the prefilled dataset
     form = train.form

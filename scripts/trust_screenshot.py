@@ -25,7 +25,6 @@ def main() -> None:
 
     import napari
     from PIL import Image
-    from qtpy.QtWidgets import QApplication
 
     from napari_dkan._widgets.jobs import run_to_end  # noqa: F401 - the dock's own modules load
 
@@ -34,25 +33,12 @@ def main() -> None:
     _, dock = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     viewer.open(str(args.data / "ST-imgs" / args.section[0] / args.section), plugin="napari-dkan")
 
-    def settle() -> None:
-        for _ in range(2000):
-            QApplication.processEvents()
-            if not dock.busy and dock.model is not None:
-                break
-            import time
+    from napari_dkan.demo import wait_for  # Qt's event loop, not a processEvents loop
 
-            time.sleep(0.05)
-        QApplication.processEvents()
-
-    settle()
+    wait_for(lambda: not dock.busy and dock.model is not None, 100)
     dock.predict()
-    for _ in range(20000):  # up to ~15 min on a busy CPU
-        QApplication.processEvents()
-        if not dock.busy and dock.session.predicted is not None:
-            break
-        import time
-
-        time.sleep(0.05)
+    # up to ~15 min on a busy CPU
+    wait_for(lambda: not dock.busy and dock.session.predicted is not None, 1000)
     good, bad = args.genes
     shots = []
     for gene, uncertainty in ((good, False), (bad, True)):
@@ -61,9 +47,9 @@ def main() -> None:
         measured = dock.builder.layer("measured")
         if measured is not None:
             measured.visible = False
-        QApplication.processEvents()
+        wait_for(lambda: False, 0.05)
         dock.builder.fit_to_spots()
-        QApplication.processEvents()
+        wait_for(lambda: False, 0.05)
         shots.append(np.asarray(viewer.screenshot(canvas_only=False, flash=False)))
     h = min(s.shape[0] for s in shots)
     both = np.concatenate([s[:h, :, :3] for s in shots], axis=1)

@@ -39,7 +39,7 @@ def test_exported_h5ad_plots_like_space_ranger_data(session, tmp_path):
     matplotlib.use("Agg")
     sc = pytest.importorskip("scanpy", reason="scanpy is in the testing extra")
     from napari_dkan._widgets.export import write_predictions
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     path = write_predictions(session, tmp_path / "c2.h5ad")
     adata = anndata.read_h5ad(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_dkan.io.dataset import open_dataset
+from napari_dkan.io.formats import open_dataset
 from napari_dkan.io.errors import DataError
 from napari_dkan.io.expression import section_targets
 from napari_dkan.io.spots import GridLayout

@@ -105,7 +105,7 @@ def test_domain_threshold_comes_from_held_out_sections() -> None:
 
 def test_out_of_domain_score_ranks_a_foreign_image_above_a_her2st_section(her2st_dataset, wsi_dir) -> None:
     from napari_dkan.engine.data import FeatureSpec, load_section_data
-    from napari_dkan.io.dataset import open_section
+    from napari_dkan.io.formats import open_section
 
     spec = FeatureSpec(encoder="tiny")
     feats = {n: load_section_data(her2st_dataset[n], spec, None, device="cpu").patch_feat

@@ -377,7 +377,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
     from napari_dkan.engine.reliability import verdict
     from napari_dkan.engine.trust import attach_from_dataset
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     model = load_model_arg(args.model)
     ds = open_dataset(args.dataset)

@@ -89,14 +89,6 @@ def assess(trust: Trust, pred: np.ndarray, features: np.ndarray, level: float = 
     return SpotTrust(level, half, dom)
 
 
-def _mean_r(pred_truth: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.stack([pearson_per_gene(p, t) for p, t in pred_truth]), axis=0)
-
-
 def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validation: Sequence[SectionData],
                      predict: Callable[[SectionData], np.ndarray] | None = None,
                      reliability: GeneReliability | None = None) -> Trust:

@@ -211,13 +211,3 @@ class Dataset:
             "patients": sorted(self.patients),
             "sections": secs,
         }
-
-
-def __getattr__(name: str) -> Any:
-    """``open_dataset`` lives in :mod:`napari_dkan.io.formats` (the reader registry, which imports
-    this module); it is still importable from here, resolved on first use so that no cycle forms."""
-    if name == "open_dataset":
-        from napari_dkan.io.formats import open_dataset
-
-        return open_dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

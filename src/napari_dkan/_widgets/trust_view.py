@@ -156,10 +156,18 @@ class TrustPanel(QWidget):
         return ranked
 
 
+def text_overlay(viewer: Any) -> Any:
+    """napari's canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    overlay = getattr(overlays, "text", None)
+    return overlay if overlay is not None else getattr(viewer, "text_overlay", None)
+
+
 def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None) -> None:
     """Fade the predicted layer of an unreliable gene and label the canvas so; undo otherwise.
 
-    The layer keeps its name (scripts find layers by name); the label is napari's text overlay.
+    The layer keeps its name (scripts find layers by name); the label is napari's canvas text
+    overlay.
     """
     if layer is None:
         return
@@ -167,7 +175,7 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
     bad = rel is not None and gene in rel.genes and verdict(rel.of(gene)) == "unreliable"
     r = None if rel is None else rel.of(gene)
     layer.opacity = FADED_OPACITY if bad else NORMAL_OPACITY
-    overlay = getattr(viewer, "text_overlay", None)
+    overlay = text_overlay(viewer)
     if overlay is None:
         return
     if bad:

@@ -354,13 +354,14 @@ class LayerBuilder:
 
     def _inside_slide(self, centre: np.ndarray, shown: np.ndarray) -> np.ndarray:
         """Move the view's centre so the view stays on the slide where the slide is larger than
-        the view (no band of empty canvas beside the tissue when the spots sit near an edge)."""
+        the view, and centre the slide where it is smaller (the spots, inside the slide, stay in
+        view): no lopsided band of empty canvas beside the tissue."""
         extent = np.asarray(self.slide_layer.extent.world, dtype=float)[:, -2:]
         lo, hi = extent.min(axis=0), extent.max(axis=0)
         half = shown / 2
         room = (hi - lo) > shown
         clamped = np.clip(centre, lo + half, hi - half)
-        return np.where(room, clamped, centre)
+        return np.where(room, clamped, (lo + hi) / 2)
 
     def _known_spots(self) -> Any:
         """The section's spots when reading them is cheap (a dataset), else None (a lattice

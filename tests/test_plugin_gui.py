@@ -32,9 +32,9 @@ def dock(viewer, her2st):
         mp.setattr(bundled, "default_model_path", lambda: None)
         _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
-    from qtpy.QtWidgets import QApplication
+    from napari_dkan.demo import wait_for
 
-    QApplication.processEvents()
+    wait_for(lambda: False, 0.05)  # one pass of the event loop: the dock sees the new layers
     return widget
 
 

@@ -35,6 +35,7 @@ from napari_dkan.progress import Cancelled
 
 if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.engine.trust import SpotTrust
     from napari_dkan.io.dataset import Section
 
 T = TypeVar("T")
@@ -103,8 +104,11 @@ def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[
     reports: queue.SimpleQueue[Progress | None] = queue.SimpleQueue()
     box: dict[str, Any] = {}
 
-    def report(stage: str, done: int, total: int) -> None:
-        reports.put(Progress(stage, int(done), int(total), UNITS.get(stage, "")))
+    def report(stage: str | Progress, done: int = 0, total: int = 0) -> None:
+        if isinstance(stage, Progress):  # a ready-made item, e.g. a partial prediction
+            reports.put(stage)
+        else:
+            reports.put(Progress(stage, int(done), int(total), UNITS.get(stage, "")))
 
     def target() -> None:
         try:
@@ -141,6 +145,8 @@ class LoadedModel:
     #: that section's measured values in the model's panel and target space (None: no counts)
     measured: Expression | None
     device: str
+    #: what runs the image encoder, e.g. "OpenVINO" or "torch" (see features.runtimes)
+    runtime: str = ""
 
 
 def describe_device(name: str) -> str:
@@ -173,9 +179,19 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
         if section.has_counts:
             yield Progress("reading the measured expression", 0, 0)
             measured = measured_expression(section, model.panel, smoothing=model.smoothing)
+    yield Progress("reading the model's reliability and calibration", 0, 0)
+    _ = model.trust  # read here, off the GUI thread (older runs: every part absent)
+    import scipy.spatial  # noqa: F401 - the out-of-domain check's import, not mid-prediction
     yield Progress("preparing the image model", 0, 0)  # builds the image encoder once
-    load_encoder(model.features.encoder, "cpu")
-    return LoadedModel(model, section, measured, describe_device(device))
+    from napari_dkan.devices import resolve_device
+    from napari_dkan.features.runtimes import AUTO, LABELS, TORCH
+
+    # On a CPU this also exports the encoder for the fast runtime, once per weight file (cached
+    # on disk), so that the first prediction does not pay for it.
+    on_cpu = resolve_device(device).type == "cpu"
+    encoder = load_encoder(model.features.encoder, "cpu", AUTO if on_cpu else TORCH)
+    runtime = LABELS[encoder.runtime] + (f" ({encoder.runtime_note})" if encoder.runtime_note else "")
+    return LoadedModel(model, section, measured, describe_device(device), runtime)
 
 
 def available_devices_steps() -> Generator[Progress, None, list[str]]:
@@ -194,6 +210,8 @@ class PredictRequest:
     #: the field of view in level-0 pixels; None predicts every spot
     box: PixelBox | None = None
     device: str = "auto"
+    #: what the user sees: with every spot asked for, on a large slide, these come first
+    view: PixelBox | None = None
 
 
 @dataclass(frozen=True)
@@ -204,10 +222,25 @@ class PredictResult:
     cached: bool
     seconds: float
     device: str
+    #: intervals and out-of-domain check (None when the model carries neither)
+    trust: SpotTrust | None = None
     #: the field of view that was predicted (level-0 pixels); None: all spots
     box: PixelBox | None = None
     #: predicted values below the target space's floor, shown (and exported) at the floor
     clipped: int = 0
+
+
+#: sections with at least this many spots are predicted progressively (see engine.progressive)
+PROGRESSIVE_MIN_SPOTS = 2000
+
+
+@dataclass(frozen=True)
+class PartialPrediction(Progress):
+    """A progress report carrying every spot's values known so far (previews included)."""
+
+    expression: Expression | None = None
+    model: Any = None
+    section: Any = None
 
 
 def predict_steps(request: PredictRequest, cancel: threading.Event,
@@ -219,7 +252,19 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
     model, section = request.model, request.section
     yield Progress("finding spots", 0, 0)  # a slide alone detects its tissue here
 
-    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str]:
+    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, SpotTrust | None]:
+        index, values, cached, device, data = predict_values(report)
+        trust = model.trust
+        if trust.calibration is None and trust.domain is None:
+            return index, values, cached, device, None
+        if data is None:  # from the prediction cache: the features come from the feature cache
+            subset = section if request.box is None else with_spots(section, index)
+            data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device)
+        from napari_dkan.engine.trust import assess
+
+        return index, values, cached, device, assess(trust, values, data.patch_feat)
+
+    def predict_values(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, Any]:
         spots = section.spots
         if request.box is None:
             index, subset = np.arange(len(spots)), section
@@ -231,7 +276,11 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         device = describe_device(request.device)
         if hit is not None:
             report("predicting", len(index), len(index))
-            return index, hit, True, device
+            return index, hit, True, device, None
+        if request.box is None and len(spots) >= PROGRESSIVE_MIN_SPOTS:
+            values = _progressively(request, report, cancel)
+            cache.put(key, values)
+            return index, values, False, device, None
         data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device,
                                   progress=lambda d, t: report("features", d, t))
         values = model.predict(data, device=request.device, cancel=cancel,
@@ -239,13 +288,36 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         if cancel.is_set():  # finished between two checks: the user no longer wants it
             raise Cancelled("prediction cancelled")
         cache.put(key, values)
-        return index, values, False, device
+        return index, values, False, device, data
 
-    index, values, cached, device = yield from stepwise(work, cancel)
+    index, values, cached, device, trust = yield from stepwise(work, cancel)
     values, clipped = clip_to_floor(values)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
     return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device,
-                         request.box, clipped)
+                         trust, request.box, clipped)
+
+
+def _progressively(request: PredictRequest, report: Callable[..., None],
+                   cancel: threading.Event) -> np.ndarray:
+    """Every spot, the view first, then coarse to fine; each stage's values reported as a
+    :class:`PartialPrediction` (the dock colours them at once)."""
+    from napari_dkan.engine.progressive import plan_stages, predict_in_stages
+
+    model, section = request.model, request.section
+    spots = section.spots
+    view = None if request.view is None else spots_in_box(spots, request.view)
+    values = np.full((len(spots), len(model.panel)), np.nan, np.float32)
+    known = np.zeros(len(spots), bool)
+    space = target_space(model.smoothing)
+    for part in predict_in_stages(model, section, plan_stages(spots.xy, view), device=request.device,
+                                  progress=report, cancel=cancel):
+        values[part.spot_index] = part.values
+        known[part.spot_index] = True
+        shown = np.flatnonzero(known)
+        report(PartialPrediction(f"coloured ({part.stage})", len(shown), len(spots), "spots",
+                                 Expression(tuple(model.panel), values[shown], shown, space),
+                                 model, section))
+    return values
 
 
 def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None] | None = None) -> T:

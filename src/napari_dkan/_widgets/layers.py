@@ -181,7 +181,9 @@ class LayerBuilder:
         wanted = self.session.source.to_metadata()
         for layer in self.viewer.layers:
             meta = (layer.metadata or {}).get(META_KEY, {})
-            if meta.get("role") == role and meta.get("source") == wanted and not isinstance(layer, SpotsLayer):
+            saved_prediction = role == PREDICTED and "saved" in meta  # it stays as it is
+            if (meta.get("role") == role and meta.get("source") == wanted and not saved_prediction
+                    and not isinstance(layer, SpotsLayer)):
                 return layer
         return None
 

@@ -8,6 +8,7 @@ about napari or Qt, so tests can drive it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -218,5 +219,9 @@ class SpotSession:
             measured = self.measured.full(self.n_spots)[self.predicted.spot_index]
         adata = to_anndata(self.model, self.section, self.predicted.values, measured=measured,
                            spot_index=self.predicted.spot_index)
-        adata.uns["napari_dkan"]["source"] = self.source.to_metadata()
+        source = self.source.to_metadata()
+        for key in ("path", "image"):  # absolute, so the file opens from anywhere
+            if key in source:
+                source[key] = str(Path(source[key]).resolve())
+        adata.uns["napari_dkan"]["source"] = source
         return adata

@@ -84,5 +84,9 @@ def hover_lines(features: Any, index: int, meta: dict[str, Any]) -> list[str]:
     if gene and gene in features:
         value = features[gene].iloc[index]
         what = f"{gene} ({meta['role']})" if meta.get("role") else gene
-        lines.append(f"{what}: {value:.3f}" if np.isfinite(value) else f"{what}: n/a")
+        half = meta.get("halfwidth")  # the current gene's interval half-width per spot
+        pm = ""
+        if half is not None and index < len(half) and np.isfinite(half[index]):
+            pm = f" ± {half[index]:.3f}"
+        lines.append(f"{what}: {value:.3f}{pm}" if np.isfinite(value) else f"{what}: n/a")
     return lines

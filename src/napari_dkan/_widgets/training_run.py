@@ -253,7 +253,7 @@ class SectionInfo:
 def dataset_steps(path: str, image: str | None, mpp: float | None = None
                   ) -> Generator[Progress, None, list[SectionInfo]]:
     """The sections of a dataset (cheap: spots and counts are not parsed)."""
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     yield Progress("reading the dataset", 0, 0)
     ds = open_dataset(path, image=image or None, mpp=mpp)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from napari_dkan.cli._output import add_json_flag, emit, progress_bar
+from napari_dkan.features.runtimes import RUNTIME_CHOICES
 
 _FIGURES = ("tiles_per_s", "spots_per_s", "encoder_passes_per_spot", "seconds")
 
@@ -28,6 +29,9 @@ def _extraction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="tile-reading threads (default 2)")
     p.add_argument("--no-cache", action="store_true", help="recompute and do not write the cache")
     p.add_argument("--max-spots", type=int, metavar="N", help="only the first N spots of each section (trials)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                   help="image encoder's inference runtime on a CPU: auto (default: OpenVINO or ONNX Runtime "
+                   "when installed, torch on a GPU), torch, onnxruntime or openvino")
     p.add_argument("--cpu-threads", type=int, metavar="N",
                    help="torch threads on the CPU (default: torch's choice; fewer can be faster "
                    "on a machine shared with other jobs)")
@@ -70,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sections(args: argparse.Namespace) -> tuple[list, list[str]]:
     """The sections to extract (those with an image) and the names of those skipped."""
     from napari_dkan.features import with_spots
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.errors import DataError
 
     if args.cpu_threads:
@@ -102,7 +106,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from napari_dkan.features import lazy_encoder
 
     sections, skipped = _sections(args)
-    encoder = lazy_encoder(args.encoder)  # built once, at the first section not yet cached
+    encoder = lazy_encoder(args.encoder, args.runtime)  # built once, at the first section not yet cached
     spec = encoder.spec
     rows, lines = [], []
     for section in sections:
@@ -110,6 +114,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         m = feats.meta
         rows.append({"section": section.name, "n_spots": feats.n_spots, "width": feats.width,
                      **{k: m.get(k) for k in (*_FIGURES, "cache_hit", "cache_path", "masked_fraction")}})
+        rows[-1]["runtime"] = m.get("runtime")
         lines.append(f"{section.name}: {feats.n_spots} spots, {feats.width}-d, "
                      f"{m['encoder_passes_per_spot']:.2f} passes/spot, {m['seconds']:.1f} s"
                      f"{' (cached)' if m['cache_hit'] else ''}")
@@ -152,7 +157,7 @@ def cmd_bench_features(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     spec = resolve_encoder(args.encoder)
     t = time.perf_counter()
-    encoder = load_encoder(spec, device)  # outside the timings: a one-off per process
+    encoder = load_encoder(spec, device, args.runtime)  # outside the timings: once per process
     load_s = time.perf_counter() - t
     for s in sections:  # plain images decode fully at the first read: keep that out as well
         s.open_slide().read_region(0, 0, 0, 1, 1)
@@ -184,6 +189,8 @@ def cmd_bench_features(args: argparse.Namespace) -> int:
         "dataset": str(args.dataset),
         "sections": [s.name for s in sections],
         "encoder": spec.name,
+        "runtime": encoder.runtime,
+        "runtime_note": encoder.runtime_note,
         "width": encoder.width,
         "tile_px": args.tile_px,
         "target_mpp": args.target_mpp,
@@ -195,7 +202,8 @@ def cmd_bench_features(args: argparse.Namespace) -> int:
         "modes": results,
         "machine": _machine(device),
     }
-    lines = [f"{spec.name} on {payload['machine']['device']}, {len(sections)} section(s), "
+    lines = [f"{spec.name} on {payload['machine']['device']} with {encoder.runtime}"
+             f"{' (' + encoder.runtime_note + ')' if encoder.runtime_note else ''}, {len(sections)} section(s), "
              f"{results[modes[0]]['n_spots']} spots"]
     for mode, r in results.items():
         hit = f"  (cache hit, {r['speedup_vs_build']:.0f}× faster than building)" if r["cache_hit"] else ""

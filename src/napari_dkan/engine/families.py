@@ -19,14 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from napari_dkan.engine.data import Needs, SectionData
+from napari_dkan.features.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from napari_dkan.model import DKAN, NH2ST, DKANConfig, NH2STConfig, SlideContext, SpotInputs
 from napari_dkan.model.config import PatchInput
 from napari_dkan.model.losses import dkan_loss
 
 TORCH_FAMILIES = ("dkan", "dkan-improved", "triplex", "nh2st")
 ALL_FAMILIES = (*TORCH_FAMILIES, "ridge")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SpotStore:
@@ -202,18 +201,35 @@ def make_family(kind: str, config: dict[str, Any] | DKANConfig | NH2STConfig) ->
 @torch.no_grad()
 def predict_store(family: DKANFamily | NH2STFamily, model: nn.Module, store: SpotStore,
                   gene_text: Tensor | None, batch_size: int = 256, cancel: Any = None,
-                  progress: Any = None) -> np.ndarray:
-    """Predictions for every spot of a store (N×G), in store order."""
+                  progress: Any = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """Predictions for the spots ``rows`` of a store (default: all; N×G), in that order.
+
+    Every spot sees the slide context of all spots of its section in the store.  The slide
+    branch runs once per section for the whole call rather than once per batch: on a slide of
+    10,000 spots it is a transformer over 10,000 tokens, which per batch would cost more than
+    the batch itself.
+    """
+    from dataclasses import replace
+
     model.eval()
     out = []
-    n = len(store)
-    for a in range(0, n, batch_size):
-        if cancel is not None and cancel.is_set():
-            from napari_dkan.progress import Cancelled
+    rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    slides = store.slides
+    if hasattr(model, "slide_branch"):
+        present = np.unique(store.section_of[rows]) if n else []
+        store.slides = [replace(s, tokens=model.slide_branch(s)) if i in present else s
+                        for i, s in enumerate(slides)]
+    try:
+        for a in range(0, n, batch_size):
+            if cancel is not None and cancel.is_set():
+                from napari_dkan.progress import Cancelled
 
-            raise Cancelled("prediction cancelled")
-        idx = torch.arange(a, min(a + batch_size, n))
-        out.append(family.predict(model, family.inputs(store, idx, None), gene_text).float().cpu().numpy())
-        if progress is not None:
-            progress(min(a + batch_size, n), n)
+                raise Cancelled("prediction cancelled")
+            idx = torch.as_tensor(rows[a:a + batch_size])
+            out.append(family.predict(model, family.inputs(store, idx, None), gene_text).float().cpu().numpy())
+            if progress is not None:
+                progress(min(a + batch_size, n), n)
+    finally:
+        store.slides = slides
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

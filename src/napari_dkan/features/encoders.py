@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from napari_dkan.features.runtimes import AUTO, TORCH, Session
 from napari_dkan.features.registry import (
     HUB,
     PACKAGE,
@@ -36,7 +37,11 @@ _HEAD_PREFIXES = ("fc.", "head.", "classifier.", "_fc.", "head_drop.")
 
 
 class Encoder:
-    """A frozen encoder on a device: ``encode(tiles)`` → pooled features (and tokens)."""
+    """A frozen encoder on a device: ``encode(tiles)`` → pooled features (and tokens).
+
+    :attr:`runtime` says what runs the network (see :mod:`napari_dkan.features.runtimes`):
+    torch, or on a CPU an ONNX export run by ONNX Runtime or OpenVINO.
+    """
 
     def __init__(self, spec: EncoderSpec, model: torch.nn.Module) -> None:
         import torch
@@ -47,22 +52,65 @@ class Encoder:
         self.device = torch.device("cpu")
         self._mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        #: feed the network NHWC tensors (on CUDA for CNNs: cuDNN's fastest bf16 convolutions)
+        self.channels_last = False
+        self.runtime = TORCH
+        #: why ``auto`` fell back to torch on a CPU ("" when it did not)
+        self.runtime_note = ""
+        self._session: Session | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    def use_runtime(self, name: str = AUTO) -> Encoder:
+        """Run the network with ``name`` (``auto``, ``torch``, ``onnxruntime``, ``openvino``).
+
+        An exported runtime needs the encoder on the CPU; its export is made once and cached.
+        If ``auto`` chose an exported runtime and the export fails, the encoder stays on torch
+        and :attr:`runtime_note` says why; an explicitly named runtime raises instead.
+        """
+        import torch
+
+        from napari_dkan.features import runtimes
+
+        chosen = runtimes.resolve_runtime(name, self.device, runtimes.n_parameters(self.model))
+        if chosen == self.runtime:
+            return self
+        if chosen == TORCH:
+            self.runtime, self._session = TORCH, None
+            return self
+        try:
+            onnx_file = runtimes.export_onnx(self.model, self.spec)
+            session = runtimes.open_session(chosen, onnx_file, torch.get_num_threads())
+        except Exception as exc:  # noqa: BLE001 - exporters and runtimes raise many kinds
+            if runtimes.check_runtime(name) != AUTO:
+                raise EncoderError(
+                    f"could not run encoder {self.spec.name!r} with {runtimes.LABELS[chosen]} "
+                    f"({type(exc).__name__}: {exc}); use --runtime torch") from exc
+            self.runtime_note = f"{runtimes.LABELS[chosen]} failed ({type(exc).__name__}); torch used"
+            return self
+        self.runtime, self._session, self.runtime_note = chosen, session, ""
+        return self
+
     def to(self, device: torch.device) -> Encoder:
         import torch
 
         if device != self.device:
+            if device.type != "cpu":
+                self.runtime, self._session = TORCH, None  # exported runtimes are CPU-only
             self.model.to(device)
             if device.type == "cuda" and self._is_cnn():
-                # cuDNN's fastest bf16 convolutions want NHWC
-                self.model.to(memory_format=torch.channels_last)
+                self.set_channels_last(True)
             self._mean, self._std = self._mean.to(device), self._std.to(device)
             self.device = device
         return self
+
+    def set_channels_last(self, on: bool) -> None:
+        import torch
+
+        self.channels_last = bool(on)
+        self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     def _is_cnn(self) -> bool:
         return getattr(self.model, "num_prefix_tokens", None) is None
@@ -82,7 +130,12 @@ class Encoder:
         size = self.spec.input_size
         if self.spec.fixed_input_size and x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if self.device.type == "cuda" and self._is_cnn():
+        if self._session is not None:
+            pooled_np, feats_np = self._session(x.contiguous().numpy())
+            pooled, feats = torch.from_numpy(pooled_np), torch.from_numpy(feats_np)
+            grid = _token_grid(self.model, feats, self.width) if tokens else None
+            return pooled.float(), (grid.float() if grid is not None else None)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
             feats = self.model.forward_features(x)
@@ -114,8 +167,9 @@ class LazyEncoder:
     """An encoder loaded at its first use: pass one to several ``extract_section_features``
     calls and the model is built once, and only if some section is not cached yet."""
 
-    def __init__(self, name: str | EncoderSpec) -> None:
+    def __init__(self, name: str | EncoderSpec, runtime: str = AUTO) -> None:
         self.spec = resolve_encoder(name) if isinstance(name, str) else name
+        self.runtime = runtime
         self._encoder: Encoder | None = None
 
     @property
@@ -124,12 +178,15 @@ class LazyEncoder:
 
     def to(self, device: torch.device) -> Encoder:
         if self._encoder is None:
-            self._encoder = load_encoder(self.spec, device)
-        return self._encoder.to(device)
+            self._encoder = load_encoder(self.spec, device, self.runtime)
+        return self._encoder.to(device).use_runtime(self.runtime)
 
 
-def load_encoder(name: str | EncoderSpec, device: str | torch.device = "cpu") -> Encoder:
-    """Build the named encoder with its weights, frozen, on ``device``."""
+def load_encoder(name: str | EncoderSpec, device: str | torch.device = "cpu",
+                 runtime: str = AUTO) -> Encoder:
+    """Build the named encoder with its weights, frozen, on ``device``, run by ``runtime``
+    (``auto``: the fastest installed runtime on a CPU, torch elsewhere; see
+    :mod:`napari_dkan.features.runtimes`)."""
     import torch
 
     from napari_dkan.devices import resolve_device
@@ -137,7 +194,7 @@ def load_encoder(name: str | EncoderSpec, device: str | torch.device = "cpu") ->
     spec = resolve_encoder(name) if isinstance(name, str) else name
     model = _build_model(spec)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    return Encoder(spec, model).to(dev)
+    return Encoder(spec, model).to(dev).use_runtime(runtime)
 
 
 def _build_model(spec: EncoderSpec) -> torch.nn.Module:
@@ -167,6 +224,10 @@ def _build_model(spec: EncoderSpec) -> torch.nn.Module:
             from napari_dkan.features.tiny import TinyCNN
 
             model = TinyCNN()
+        elif spec.family == "colour-stats":
+            from napari_dkan.features.colour import ColourStats
+
+            model = ColourStats()
         else:
             model = timm.create_model(spec.arch, pretrained=False, **kwargs)
     if spec.weights == RANDOM:

@@ -1,0 +1,83 @@
+"""A large slide's map appears progressively in the dock: spots are coloured before the job ends.
+
+HER2ST C2 (187 spots) stands in for a large slide: the threshold and the fill's chunk are lowered
+so that its prediction runs in stages, with empty caches so that its tiles are encoded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def dock(viewer, her2st):
+    from napari_dkan import bundled
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundled, "default_model_path", lambda: None)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    return widget
+
+
+def test_all_spots_on_a_large_slide_colours_the_view_first_then_the_rest(
+        qtbot, viewer, dock, tiny_run_dir, monkeypatch, tmp_path, one_torch_thread):
+    from napari_dkan._widgets import jobs
+    from napari_dkan._widgets.cache import PredictionCache
+    from napari_dkan._widgets.scope import Scope
+    from napari_dkan.engine import progressive
+
+    dock.choose_model(str(tiny_run_dir))
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    # the in-use line names what runs the encoder (the tiny test encoder stays on torch)
+    assert "encoder on torch" in dock.models.in_use.text()
+    session = dock.session
+    spots, mpp = session.section.spots, session.section.mpp
+    # zoom onto the upper-left part of the spots
+    camera = viewer.scene.camera
+    camera.center = (float(np.percentile(spots.y, 25) * mpp), float(np.percentile(spots.x, 25) * mpp))
+    camera.zoom = 3.0 * min(np.array(viewer.canvas.size) / (np.ptp(np.column_stack([spots.y, spots.x]), 0) * mpp))
+    viewer.screenshot(canvas_only=True)
+    monkeypatch.setattr(jobs, "PROGRESSIVE_MIN_SPOTS", 100)
+    monkeypatch.setattr(progressive, "CHUNK", 40)
+    monkeypatch.setenv("NAPARI_DKAN_CACHE", str(tmp_path / "cache"))  # tiles must be encoded
+    monkeypatch.setattr(dock, "cache", PredictionCache(disk=False))
+    dock.set_scope(Scope.ALL_SPOTS)
+    layer = viewer.layers["C2 · predicted"]
+    seen: list[tuple[str, int, bool, np.ndarray]] = []
+
+    def record(step):
+        if isinstance(step, jobs.PartialPrediction):  # the dock has coloured them by now
+            seen.append((step.stage, int(np.count_nonzero(layer.shown)), dock.busy,
+                         np.asarray(step.expression.spot_index)))
+
+    worker = dock.predict()
+    worker.yielded.connect(record)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    n = len(spots)
+    assert len(seen) >= 4, seen
+    # coloured spots grow while the job still runs
+    during = [(stage, shown) for stage, shown, busy, _ in seen if busy]
+    assert during and 0 < during[0][1] < n
+    assert [shown for _, shown in during] == sorted(shown for _, shown in during)
+    # the first ones are exactly the spots in view
+    view = dock._request().view  # noqa: SLF001 - the same box the job was given
+    from napari_dkan._widgets.scope import spots_in_box
+
+    in_view = spots_in_box(spots, view)
+    assert 0 < len(in_view) < n
+    assert seen[0][0] == "coloured (view)" and set(seen[0][3]) == set(in_view)
+    assert seen[0][1] == len(in_view)
+    # at the end every spot is coloured, and the values equal a one-shot prediction
+    assert int(np.count_nonzero(layer.shown)) == n and len(session.predicted) == n
+    model = dock.model
+    one_shot = model.predict(model.section_data(session.section, with_targets=False, device="cpu"),
+                             device="cpu")
+    np.testing.assert_allclose(session.predicted.full(n), one_shot, rtol=1e-4, atol=1e-5)

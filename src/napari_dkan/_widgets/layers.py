@@ -139,6 +139,14 @@ class LayerBuilder:
         if role == RESIDUAL:
             layer.visible = self.show_residual
 
+    def _halfwidth(self) -> Any:
+        """The shown gene's interval half-width per spot, when the dock has put it on the
+        predicted layer (a model with a calibration), else None."""
+        layer = self.layer(PREDICTED)
+        if layer is None:
+            return None
+        return layer.metadata.get(META_KEY, {}).get("halfwidth")
+
     def _metadata(self, role: str) -> dict[str, Any]:
         s = self.session
         meta: dict[str, Any] = {"role": role, "source": s.source.to_metadata(), "gene": s.gene}
@@ -162,7 +170,7 @@ class LayerBuilder:
         )
         layer.text.visible = False  # no text labels: napari's "display text" box must say so
         session = self.session
-        layer.hover = lambda index: spot_hover(session, index)
+        layer.hover = lambda index: spot_hover(session, index, halfwidth=self._halfwidth())
         old = self._reader_layer(role)
         if old is not None:
             index = self.viewer.layers.index(old)

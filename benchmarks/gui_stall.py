@@ -60,10 +60,8 @@ def measure(action, busy, interval_ms: int, timeout_s: float, status) -> dict:
     loop.exec()
     seconds = time.perf_counter() - t0
     # keep ticking while the canvas draws the new colours
-    end = time.perf_counter() + 0.3
-    while time.perf_counter() < end:
-        loop.processEvents()
-        time.sleep(0.005)
+    QTimer.singleShot(300, loop.quit)
+    loop.exec()
     timer.stop()
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
     worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else None
@@ -100,9 +98,9 @@ def main() -> None:
     run_dir = args.model or train_tiny(work)
 
     import napari
-    from qtpy.QtWidgets import QApplication
 
     from napari_dkan._widgets.cache import PredictionCache
+    from napari_dkan.demo import wait_for
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
@@ -111,10 +109,7 @@ def main() -> None:
     _, dock = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     dock.cache = PredictionCache(disk=False)
     dock.models.set_devices([args.device])
-    app = QApplication.instance()
-    for _ in range(50):  # let the window and the slide settle before measuring
-        app.processEvents()
-        time.sleep(0.01)
+    wait_for(lambda: False, 0.5)  # let the window and the slide settle before measuring
     status = dock.status.text
     # choosing the model: loads it, reads the section, builds the encoder and the layers
     loading = measure(lambda: dock.choose_model(str(run_dir)), lambda: dock.busy, args.interval_ms,

@@ -22,7 +22,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,30 +72,24 @@ def main() -> None:
         base = str(train_tiny(work))
 
     import napari
-    from qtpy.QtWidgets import QApplication
 
     from napari_dkan._widgets.recent_models import RecentModels
     from napari_dkan._widgets.training_dock import TrainingDock
+    from napari_dkan.demo import wait_for
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     viewer.open(str(DATA / "her2st" / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
     dock = TrainingDock(viewer, registry=RecentModels(), runs_root=work / "runs")
     viewer.window.add_dock_widget(dock, name="training")
-    app = QApplication.instance()
-    deadline = time.monotonic() + 300
-    while (dock.busy or dock.form.section.currentData() != "C2") and time.monotonic() < deadline:
-        app.processEvents()
-        time.sleep(0.01)
+    wait_for(lambda: not dock.busy and dock.form.section.currentData() == "C2", 300)
     form = dock.form
     form.choose(form.validation, "C3")
     if base == "bundled":
         form.set_base(BaseChoice.BUNDLED)
     else:
         form.set_base(BaseChoice.RUN, base)
-    while dock.busy:
-        app.processEvents()
-        time.sleep(0.01)
+    wait_for(lambda: not dock.busy, 600)
     form.epochs.setValue(args.epochs)
     form.device.setCurrentText(args.device)
     form.output.edit.setText(str(work / "out"))

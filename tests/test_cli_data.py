@@ -53,12 +53,17 @@ def test_inspect_human_text(her2st, capsys):
     assert "36 section(s) from 8 patient(s)" in out and "5 with images" in out
 
 
-def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+def test_errors_are_one_line_and_exit_2(tmp_path, wsi_dir, capsys):
     assert main(["inspect", str(tmp_path / "missing.svs"), "--json"]) == 2
     captured = capsys.readouterr()
-    assert "does not exist" in captured.err
+    assert "does not exist" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert "error" in _last_json(captured.out)
-    assert main(["inspect", "../shared/data/wsi/openslide-fixtures/unreadable.svs"]) == 2
+    broken = wsi_dir / "openslide-fixtures" / "unreadable.svs"
+    assert broken.is_file()  # the file exists: the error must be about its contents
+    assert main(["inspect", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "unreadable.svs" in err and "OpenSlide cannot read" in err and "does not exist" not in err
 
 
 def test_console_script_and_module_entry_points():

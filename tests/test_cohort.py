@@ -239,3 +239,23 @@ def test_the_cli_loads_neither_torch_nor_dask_distributed():
     code = "import sys, napari_dkan.cli\nprint([m for m in ('torch', 'distributed') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_truncated_slide_reports_its_own_error_not_dasks(model, client, her2st, tmp_path, capfd):
+    """A truncated 9,300-px JPEG: reading its overview computes a dask pyramid inside the task.
+    That must run in the task, not be shipped to the cluster (where it failed as "deserialization
+    of the task graph", or deadlocked a one-thread worker)."""
+    from napari_dkan.cli import main
+
+    src = next((her2st / "ST-imgs" / "C" / "C2").glob("*.jpg"))
+    data = src.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 3 // 4])
+    manifest = _manifest(tmp_path / "cohort.csv", ["cut.jpg,,lattice,1.0,cut"])
+    code = main(["predict-cohort", str(manifest), "--model", str(model.run_dir), "--out",
+                 str(tmp_path / "out"), "--scheduler", client.scheduler.address, "--json"])
+    printed = capfd.readouterr()
+    payload = json.loads(printed.out.strip().splitlines()[-1])
+    assert code == 1 and payload["failed"] == 1
+    error = payload["slides"][0]["error"]
+    assert error.startswith("SlideError: cut.jpg could not be decoded") and "truncated" in error
+    assert "Traceback" not in printed.err and "deserialization" not in printed.err

@@ -9,7 +9,13 @@ import pytest
 
 from napari_dkan.engine.checkpoint import CheckpointError
 from napari_dkan.engine.data import FeatureSpec
-from napari_dkan.engine.runs import RunSpec, TrainedModel, gene_text_for, prepare_sections, train_model
+from napari_dkan.engine.runs import (
+    RunSpec,
+    TrainedModel,
+    gene_text_for,
+    prepare_sections,
+    train_model,
+)
 from napari_dkan.engine.trainer import TrainSettings
 
 FEATURES = FeatureSpec(encoder="tiny")
@@ -47,7 +53,8 @@ def gene_text(panel):
 def test_train_writes_a_self_contained_run(data, panel, gene_text, tmp_path):
     model = train_model(data, ["C2"], ["C3"], _spec(), panel, tmp_path / "run", gene_text=gene_text)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "model.safetensors", "gene_text.safetensors", "last.safetensors", "state.json"} <= files
+    assert {"config.json", "model.safetensors", "gene_text.safetensors", "state.json"} <= files
+    assert [f for f in files if f.startswith(("last", "best"))] == ["last-e0003.safetensors"]
     cfg = model.config
     assert cfg["panel"] == list(panel) and cfg["features"]["encoder"] == "tiny"
     assert cfg["text"]["encoder"] and cfg["versions"]["torch"]
@@ -86,9 +93,13 @@ def test_corrupt_checkpoints_are_detected(data, panel, gene_text, tmp_path):
     weights.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="corrupt"):
         TrainedModel.load(run)
-    (run / "last.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError):
-        train_model(data, ["C2"], ["C3"], _spec(epochs=2), panel, run, gene_text=gene_text)
+    stop = threading.Event()
+    part = tmp_path / "part"
+    train_model(data, ["C2"], ["C3"], _spec(epochs=2), panel, part, gene_text=gene_text, cancel=stop,
+                on_event=lambda e: stop.set() if e.epoch == 2 else None)
+    (part / "last-e0001.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train_model(data, ["C2"], ["C3"], _spec(epochs=2), panel, part, gene_text=gene_text)
 
 
 def test_resuming_into_a_different_run_is_refused(data, panel, gene_text, tmp_path):

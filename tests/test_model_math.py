@@ -203,3 +203,27 @@ def test_contrastive_gene_subset_runs_the_expression_path_on_those_genes_only():
     terms = dkan_loss(out, inp.y, alpha=0.3, tau=0.1)
     expected = info_nce(out.e_ti[:, pick], out.e_te, tau=0.1)
     assert terms.contrastive == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dkan", "dkan-improved"])
+def test_query_by_text_equals_the_gene_added_to_the_panel_alone(kind):
+    net = _model(kind).eval()
+    inp = _inputs()
+    panel, queries = torch.randn(G, DT), torch.randn(3, DT)
+    got = net.predict_queries(inp, panel, queries)
+    assert got.shape == (5, 3)
+    for j in range(3):  # each query beside the panel, as if it were its 13th gene
+        alone = net(inp, torch.cat([panel, queries[j : j + 1]])).pred[:, -1]
+        torch.testing.assert_close(got[:, j], alone)
+    # another query's text changes nothing for the others
+    other = net.predict_queries(inp, panel, torch.stack([queries[0], torch.randn(DT) * 3, queries[2]]))
+    torch.testing.assert_close(other[:, [0, 2]], got[:, [0, 2]])
+    assert not torch.allclose(other[:, 1], got[:, 1])
+
+
+def test_query_by_text_rejects_embeddings_of_another_width():
+    net = _model("dkan-improved").eval()
+    with pytest.raises(ValueError, match="the width of the panel's text embeddings"):
+        net.predict_queries(_inputs(), torch.randn(G, DT), torch.randn(2, DT + 1))
+    with pytest.raises(ValueError, match="without gene text"):
+        _model("triplex").encode_queries(torch.randn(G, DT), torch.randn(2, DT))

@@ -17,7 +17,7 @@ from napari_dkan._widgets.session import SpotSession
 from napari_dkan._widgets.sources import SectionSource
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import Cancelled
-from plugin_support import tiny_panel, tiny_run
+from plugin_support import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,17 @@ def test_reader_opens_visium_with_its_low_resolution_image(visium_dir):
     layers = read_dataset(str(visium_dir))
     (_, img_meta, _), (coords, pts_meta, _) = layers
     mpp = pts_meta["scale"][0]
-    # the hires PNG is scaled so that its pixels land under the full-resolution spots
+    # this copy's hires PNG is blank: the lowres PNG is scaled so that its pixels land under
+    # the full-resolution spots
     import json
 
     factors = json.loads((visium_dir / "spatial" / "scalefactors_json.json").read_text())
-    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_hires_scalef"])
+    assert img_meta["name"].endswith("lowres image")
+    assert img_meta["scale"][0] == pytest.approx(mpp / factors["tissue_lowres_scalef"])
     assert len(coords) == len(pts_meta["features"]) == 100
-    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"])
+    # spot_diameter_fullres spans Space Ranger's 65 µm; the capture spot is 55 µm
+    assert pts_meta["size"] == pytest.approx(factors["spot_diameter_fullres"] * 55 / 65)
+    assert pts_meta["size"] * mpp == pytest.approx(55.0)
 
 
 def test_reader_opens_an_h5ad_section(c2, tmp_path):
@@ -140,6 +144,62 @@ def test_session_shares_limits_scores_and_keeps_the_gene(session):
         session.set_display(low_percentile=95, high_percentile=5)
 
 
+def test_colour_scales_fixed_across_genes_and_z_scores_per_source(session):
+    from napari_dkan._widgets.colour_scales import Z_RANGE, ColourScale
+
+    genes = ("LOW", "HIGH")
+    n = session.n_spots
+    rng = np.random.default_rng(1)
+    measured = Expression(genes, np.column_stack([rng.random(n) * 0.2, 1 + rng.random(n)]), np.arange(n))
+    session.set_model(_Model(genes), measured)
+    session.set_prediction(Expression(genes, measured.values * 0.5 + 0.1, np.arange(n)))
+    per_gene = session.contrast_limits()
+    session.set_display(scale=ColourScale.FIXED)
+    fixed = session.contrast_limits()
+    session.set_gene("HIGH")
+    assert session.contrast_limits() == fixed != per_gene  # one range for every gene
+    everything = np.concatenate([measured.values.ravel(), (measured.values * 0.5 + 0.1).ravel()])
+    assert fixed == pytest.approx((0.0, np.percentile(everything, 99)))
+    # a LOW spot reads low on the fixed scale: the colour means the same level for both genes
+    session.set_gene("LOW")
+    assert session.gene_values(session.measured).max() < fixed[0] + 0.25 * (fixed[1] - fixed[0])
+    session.set_display(scale=ColourScale.Z_SCORE)
+    assert session.contrast_limits() == (-Z_RANGE, Z_RANGE)
+    for source in (session.measured, session.predicted):  # each standardised on its own
+        z = session.shown_values(source)
+        assert z.mean() == pytest.approx(0, abs=1e-5) and z.std() == pytest.approx(1, abs=1e-4)
+    # the predicted values are a linear function of the measured: identical z-scores
+    assert np.allclose(session.shown_values(session.measured), session.shown_values(session.predicted), atol=1e-4)
+
+
+def test_negative_predictions_are_raised_to_the_floor_and_counted():
+    from napari_dkan._widgets.expression import clip_to_floor
+
+    values, n = clip_to_floor(np.array([[-0.27, 0.5], [0.0, -1e-3]], dtype=np.float32))
+    assert n == 2 and values.min() == 0.0 and values[0, 1] == pytest.approx(0.5)
+    same, none = clip_to_floor(np.array([[0.1]], dtype=np.float32))
+    assert none == 0 and same[0, 0] == pytest.approx(0.1)
+
+
+def test_hover_reads_the_spot_in_um_with_all_values_and_takes_extra_fields(session):
+    from napari_dkan._widgets import hover
+
+    genes = ("A",)
+    n = session.n_spots
+    measured = Expression(genes, np.linspace(0, 1, n)[:, None], np.arange(n))
+    session.set_model(_Model(genes), measured)
+    lines = hover.spot_hover(session, 3)
+    spots, mpp = session.section.spots, session.section.mpp
+    assert lines[0] == f"spot {spots.spot_id[3]} at x {spots.x[3] * mpp:,.0f} µm, y {spots.y[3] * mpp:,.0f} µm"
+    assert lines[1] == f"A: measured {measured.values[3, 0]:.2f}"  # nothing predicted yet
+    session.set_prediction(Expression(genes, np.full((1, 1), 0.5), np.array([3])))
+    lines = hover.spot_hover(session, 3, extra=[lambda s, i: f"interval for {s.gene} at {i}"])
+    v = measured.values[3, 0]
+    assert lines[1] == f"A: measured {v:.2f} · predicted 0.50 · residual {0.5 - v:.2f}"
+    assert lines[2] == "interval for A at 3"
+    assert hover.spot_hover(session, 4)[1] == f"A: measured {measured.values[4, 0]:.2f} · predicted n/a"
+
+
 def test_measured_expression_marks_absent_genes_as_missing(c2):
     expr = measured_expression(c2, ["ERBB2", "NOT-A-GENE"], smoothing=True)
     assert np.isfinite(expr.column("ERBB2")).all()
@@ -168,7 +228,7 @@ def test_stepwise_relays_progress_and_stops_promptly_on_cancel():
     assert run_to_end(stepwise(lambda report: 42, threading.Event())) == 42
 
 
-def test_predict_field_of_view_predicts_only_spots_in_the_box_and_caches(model, c2):
+def test_predict_field_of_view_predicts_only_spots_in_the_box_and_caches(model, c2, monkeypatch):
     spots = c2.spots
     box = PixelBox(x0=float(np.median(spots.x)), y0=float(spots.y.min()), x1=float(spots.x.max()),
                    y1=float(np.median(spots.y)))
@@ -181,8 +241,11 @@ def test_predict_field_of_view_predicts_only_spots_in_the_box_and_caches(model, 
     assert np.array_equal(first.expression.spot_index, inside)
     assert first.expression.values.shape == (len(inside), len(model.panel)) and not first.cached
     assert any(p.stage == "predicting" and p.done == p.total == len(inside) for p in seen)
+    work = []
+    monkeypatch.setattr(model, "section_data", lambda *a, **k: work.append("features"))
+    monkeypatch.setattr(model, "predict", lambda *a, **k: work.append("predict"))
     again = run_to_end(predict_steps(request, threading.Event(), cache))
-    assert again.cached and again.seconds < first.seconds
+    assert again.cached and work == []  # served from the cache: no features, no network pass
     assert np.array_equal(again.expression.values, first.expression.values)
     # a new process (empty memory) finds the prediction on disk
     cache.clear_memory()
@@ -227,7 +290,7 @@ def test_export_writes_engine_anndata_and_csv(model, session, tmp_path):
     frame = pd.read_csv(write_predictions(session, tmp_path / "p.csv"), index_col=0)
     assert list(frame.columns[:4]) == ["array_row", "array_col", "x", "y"]
     assert np.allclose(frame[list(model.panel)].to_numpy(), pred.values, atol=1e-6)
-    with pytest.raises(DataError, match=".h5ad or .csv"):
+    with pytest.raises(DataError, match=r"\.h5ad, \.csv or \.zarr"):
         write_predictions(session, tmp_path / "p.xlsx")
     # the napari writer rebuilds the same AnnData from a predicted layer's metadata
     from napari_dkan._widgets.expression import spot_features
@@ -245,5 +308,14 @@ def test_export_writes_engine_anndata_and_csv(model, session, tmp_path):
         write_points_layer(tmp_path / "m.h5ad", coords, meta)
 
 
-def test_tiny_panel_is_what_the_model_was_trained_on(model, panels_dir):
-    assert list(model.panel) == tiny_panel(Path(panels_dir))
+def test_tiny_panel_is_what_the_model_was_trained_on(model, panels_dir, her2st_dataset):
+    """The test model's genes are the published HER2ST panel's first ones, read here from the
+    file (not through the helper that chose them), and its text vectors follow that order."""
+    from plugin_support import PANEL_SIZE
+
+    published = (Path(panels_dir) / "her2st.txt").read_text().split()
+    assert list(model.panel) == published[:PANEL_SIZE]
+    text = model.gene_text()
+    assert list(text.genes) == published[:PANEL_SIZE] and text.matrix.shape[0] == PANEL_SIZE
+    measured = set(her2st_dataset["C3"].counts.genes)  # the section it was trained on
+    assert set(model.panel) <= measured

@@ -32,9 +32,9 @@ def dock(viewer, her2st):
         mp.setattr(bundled, "default_model_path", lambda: None)
         _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
-    from qtpy.QtWidgets import QApplication
+    from napari_dkan.demo import wait_for
 
-    QApplication.processEvents()
+    wait_for(lambda: False, 0.05)  # one pass of the event loop: the dock sees the new layers
     return widget
 
 
@@ -115,12 +115,53 @@ def test_open_c2_adopts_measured_layer_and_lists_its_genes(viewer, dock):
     assert dock.session.section.name == "C2" and len(dock.session.genes) == 250
 
 
+def test_the_view_fits_the_tissue_and_the_controls_say_only_what_is_true(viewer, dock):
+    from napari_dkan._widgets.layer_controls import HIDDEN_CONTROLS, layer_controls
+
+    session = dock.session
+    spots, mpp = session.section.spots, session.section.mpp
+    width_um = (spots.x.max() - spots.x.min()) * mpp
+    height_um = (spots.y.max() - spots.y.min()) * mpp
+    camera = viewer.scene.camera
+    canvas_h, canvas_w = viewer.canvas.viewbox_size(viewer.layers)
+    shown_w, shown_h = canvas_w / camera.zoom, canvas_h / camera.zoom
+    # the spots fill the canvas in one direction (not a third of it, as the whole image did)
+    assert max(width_um / shown_w, height_um / shown_h) > 0.8
+    centre = np.asarray(camera.center[-2:])
+    half = np.array([shown_h, shown_w]) / 2
+    assert np.all(np.array([spots.y.min(), spots.x.min()]) * mpp >= centre - half)  # all in view
+    assert np.all(np.array([spots.y.max(), spots.x.max()]) * mpp <= centre + half)
+    # gene-coloured spots: no "face color: white", no ticked "display text"
+    layer = viewer.layers["C2 · measured"]
+    assert layer.text.visible is False
+    controls = layer_controls(viewer, layer)
+    for name in HIDDEN_CONTROLS:
+        for row in getattr(controls, name).get_widget_controls():
+            assert all(not w.isVisibleTo(controls) for w in row), name
+
+
+def test_no_empty_colorbar_before_a_prediction(qtbot, viewer, dock, run_dir):
+    from napari_dkan._widgets.canvas_text import layer_text
+    from napari_dkan._widgets.layers import COLORBAR_TITLE, TITLE
+
+    if dock.model is None:
+        dock.choose_model(str(run_dir))
+        _wait(qtbot, dock)
+    assert dock.session.predicted is None
+    predicted, measured = viewer.layers["C2 · predicted"], viewer.layers["C2 · measured"]
+    assert not predicted.face_colorbar.visible  # all-NaN: no 0–1 bar over nothing
+    assert layer_text(predicted, TITLE) is None and layer_text(predicted, COLORBAR_TITLE) is None
+    assert measured.face_colorbar.visible  # the measured values have the colour scale
+    assert layer_text(measured, COLORBAR_TITLE).startswith(f"{dock.session.gene} (C2)")
+
+
 def test_predict_then_switch_genes_recolours_in_place(qtbot, viewer, dock, run_dir):
     _ready(qtbot, dock, run_dir)
     session = dock.session
     predicted = viewer.layers["C2 · predicted"]
-    assert predicted.features.shape == (session.n_spots, 1 + len(session.genes))
-    assert "12 genes" in dock.models.info.text() and "image encoder tiny" in dock.models.info.text()
+    # the spot id, one column per gene, and the colour column (the gene shown, on the scale in use)
+    assert predicted.features.shape == (session.n_spots, 2 + len(session.genes))
+    assert "12 genes" in dock.models.info.text() and "image encoder tiny" in dock.models.info.toolTip()
     assert "in use: cpu" in dock.models.in_use.text()
     layers_before = list(viewer.layers)
     _fit_to_spots(viewer, session)
@@ -164,19 +205,107 @@ def test_gene_picker_searches_the_panel_as_you_type(qtbot, dock, run_dir):
     assert dock.session.gene == dock.session.genes[dock.session.genes.index("ERBB2") + 1]
 
 
-def test_hover_shows_spot_id_and_current_gene_value(qtbot, viewer, dock, run_dir):
+def test_hover_shows_the_spot_in_um_and_measured_predicted_residual(qtbot, viewer, dock, run_dir):
     _ready(qtbot, dock, run_dir)
     session = dock.session
-    layer = viewer.layers["C2 · predicted"]
     gene, other = session.genes[1], session.genes[3]
     dock.set_gene(gene)
     i = 5
     spots, mpp = session.section.spots, session.section.mpp
-    status = layer.get_status((spots.y[i] * mpp, spots.x[i] * mpp), world=True)["value"]
-    value = session.gene_values(session.predicted)[i]
-    assert f"spot {spots.spot_id[i]}" in status
-    assert f"{gene} (predicted): {value:.3f}" in status
-    assert other not in status  # not every feature column
+    measured = session.gene_values(session.measured)[i]
+    predicted = session.gene_values(session.predicted)[i]
+    for name in ("C2 · predicted", "C2 · measured"):  # the same reading over either layer
+        viewer.layers[name].visible = True  # napari reads nothing from a hidden layer
+        status = viewer.layers[name].get_status((spots.y[i] * mpp, spots.x[i] * mpp), world=True)
+        text = status["coordinates"]
+        assert text.startswith(f"x {spots.x[i] * mpp:,.0f} µm, y {spots.y[i] * mpp:,.0f} µm")
+        assert f"spot {spots.spot_id[i]} at x {spots.x[i] * mpp:,.0f} µm" in text
+        assert (f"{gene}: measured {measured:.2f} · predicted {predicted:.2f} · "
+                f"residual {predicted - measured:.2f}") in text
+        assert other not in text  # not every feature column
+        assert f"{i};" not in text and "[" not in text  # no point index, no bare pixel pair
+    tooltip = viewer.layers["C2 · predicted"]._get_tooltip_text((spots.y[i] * mpp, spots.x[i] * mpp),
+                                                               world=True)
+    assert f"residual {predicted - measured:.2f}" in tooltip
+
+
+def test_colorbar_and_panels_name_the_gene_quantity_and_scale(qtbot, viewer, dock, run_dir):
+    from napari_dkan._widgets.canvas_text import layer_text
+    from napari_dkan._widgets.colour_scales import QUANTITY, Z_RANGE, ColourScale
+    from napari_dkan._widgets.layers import COLORBAR_TITLE, TITLE
+
+    _ready(qtbot, dock, run_dir)
+    session = dock.session
+    predicted, measured = viewer.layers["C2 · predicted"], viewer.layers["C2 · measured"]
+    dock.display.high.setValue(99.0)
+    dock.set_gene("ERBB2")
+    title = layer_text(predicted, COLORBAR_TITLE)
+    assert title.splitlines() == ["ERBB2 (C2)", QUANTITY, "1–99 % stretch"]
+    assert layer_text(measured, COLORBAR_TITLE) is None  # one colorbar for the shared scale
+    assert layer_text(predicted, TITLE) == "ERBB2 · predicted"
+    assert layer_text(measured, TITLE) == "ERBB2 · measured"
+    assert "per-gene stretch" in dock.display.limits.text() and QUANTITY in dock.display.limits.text()
+    # the title is drawn: the canvas's top right changes when it is hidden
+    _fit_to_spots(viewer, session)
+    _only(viewer, viewer.layers["C2 · slide"], predicted)
+    with_title = _shot(viewer)
+    predicted._overlays[COLORBAR_TITLE].visible = False
+    without = _shot(viewer)
+    predicted._overlays[COLORBAR_TITLE].visible = True
+    h, w = with_title.shape[:2]
+    assert _changed(with_title[: h // 3, w // 2:], without[: h // 3, w // 2:]) > 0.002
+
+    # a fixed scale: the same limits for every gene, and it says so
+    dock.display.set_scale(ColourScale.FIXED)
+    limits = predicted.face_contrast_limits
+    dock.set_gene(session.genes[0])
+    assert predicted.face_contrast_limits == pytest.approx(limits) and limits[0] == 0.0
+    assert "fixed for all genes" in layer_text(predicted, COLORBAR_TITLE)
+    assert "fixed scale for all genes" in dock.display.limits.text()
+    # z-scores: each source standardised over the section, coloured −2.5 to +2.5 SD
+    dock.display.set_scale(ColourScale.Z_SCORE)
+    shown = measured.features["_colour"].to_numpy()
+    assert np.nanmean(shown) == pytest.approx(0.0, abs=1e-4) and np.nanstd(shown) == pytest.approx(1.0, abs=1e-3)
+    assert predicted.face_contrast_limits == pytest.approx((-Z_RANGE, Z_RANGE))
+    assert "z-score" in layer_text(predicted, COLORBAR_TITLE)
+    dock.display.set_scale(ColourScale.PER_GENE)
+    assert predicted.face_contrast_limits == pytest.approx(session.contrast_limits())
+    assert "_colour" not in [c for c in dock.session.genes]
+
+
+def test_the_search_box_and_the_map_never_disagree(qtbot, viewer, dock, run_dir):
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtCore import Qt
+
+    _ready(qtbot, dock, run_dir)
+    dock.set_gene("ERBB2")
+    picker = dock.genes
+    predicted = viewer.layers["C2 · predicted"]
+    assert "PTPRC" not in dock.session.genes
+    picker.edit.clear()
+    qtbot.keyClicks(picker.edit, "PTPRC")
+    qtbot.keyClick(picker.edit, Qt.Key.Key_Return)
+    assert picker.edit.text() == "ERBB2" == dock.session.gene  # the box went back to the map's gene
+    assert predicted.metadata["napari_dkan"]["gene"] == "ERBB2"
+    message = notification_manager.records[-1].message
+    assert "PTPRC" in message and "still shows ERBB2" in message
+    # leaving the box with an unknown name does the same
+    picker.edit.setText("NOTAGENE")
+    picker.edit.editingFinished.emit()
+    assert picker.edit.text() == "ERBB2" == dock.session.gene
+
+
+def test_one_click_flips_measured_and_predicted(qtbot, viewer, dock, run_dir):
+    _ready(qtbot, dock, run_dir)
+    predicted, measured = viewer.layers["C2 · predicted"], viewer.layers["C2 · measured"]
+    predicted.visible = measured.visible = True
+    dock.display.flip.click()
+    assert predicted.visible and not measured.visible
+    dock.display.flip.click()
+    assert measured.visible and not predicted.visible
+    assert measured.face_colorbar.visible and not predicted.face_colorbar.visible  # the shown one's
+    dock.display.flip.click()
+    measured.visible = True
 
 
 def test_residual_and_side_by_side_grid(qtbot, viewer, dock, run_dir):
@@ -196,7 +325,12 @@ def test_residual_and_side_by_side_grid(qtbot, viewer, dock, run_dir):
     dock.display.grid.setChecked(True)  # the one click
     assert viewer.canvas.grid.enabled
     assert viewer.canvas.grid.actual_shape(viewer.layers) == (1, 2)
-    assert viewer.layers["C2 · predicted"].name_overlay.visible  # each panel names its layer
+    from napari_dkan._widgets.canvas_text import layer_text
+    from napari_dkan._widgets.layers import TITLE
+
+    gene = session.gene
+    assert layer_text(viewer.layers["C2 · predicted"], TITLE) == f"{gene} · predicted"  # each panel
+    assert layer_text(viewer.layers["C2 · measured"], TITLE) == f"{gene} · measured"
     assert viewer.layers.selection.active is viewer.layers["C2 · predicted"]
     shot = _shot(viewer)
     half = shot.shape[1] // 2
@@ -205,11 +339,10 @@ def test_residual_and_side_by_side_grid(qtbot, viewer, dock, run_dir):
         assert (panel.std(axis=-1) > 20).mean() > 0.005, "a panel shows no coloured spots"
     dock.display.grid.setChecked(False)
     assert not viewer.canvas.grid.enabled and len(viewer.layers) == n_layers  # twins removed
-    assert not viewer.layers["C2 · measured"].name_overlay.visible
 
 
 def test_field_of_view_predicts_only_visible_spots(qtbot, viewer, dock, run_dir):
-    from napari_dkan._widgets.scope import Scope
+    from napari_dkan._widgets.scope import Scope, visible_box
 
     _ready(qtbot, dock, run_dir)
     session = dock.session
@@ -235,7 +368,23 @@ def test_field_of_view_predicts_only_visible_spots(qtbot, viewer, dock, run_dir)
     corners = image.corner_pixels * image.downsample_factors[image.data_level]
     assert (spots.y[visible] >= corners[0, 0] - 1).all() and (spots.y[visible] <= corners[1, 0] + 1).all()
     assert "Pearson r" in dock.scores.text() and f"over {len(visible)} spots" in dock.scores.text()
+    # the predicted area is outlined, its spots ringed, and the dock and the panel say how many
+    from napari_dkan._widgets.canvas_text import layer_text
+    from napari_dkan._widgets.layers import TITLE
+
+    area = viewer.layers["C2 · predicted area"]
+    box = visible_box(viewer, image)
+    (y0, x0), (y1, x1) = area.data[0].min(axis=0), area.data[0].max(axis=0)
+    assert (x0, y0, x1, y1) == pytest.approx((box.x0, box.y0, box.x1, box.y1), rel=1e-6)
+    assert area.scale[-1] == pytest.approx(image.scale[-1]) and area.face_color[0][3] == 0
+    assert np.all(layer.border_width > 0)
+    assert f"({len(visible)} of {len(spots)} spots)" in layer_text(layer, TITLE)
+    assert f"{len(visible)} of {len(spots)} spots in the outlined field of view" in dock.status.text()
     dock.set_scope(Scope.ALL_SPOTS)
+    dock.predict()
+    _wait(qtbot, dock)
+    assert "C2 · predicted area" not in [lyr.name for lyr in viewer.layers]  # all spots: no box
+    assert np.all(layer.border_width == 0)
 
 
 def test_cancel_stops_within_a_second_and_leaves_the_viewer_usable(qtbot, viewer, dock, run_dir,
@@ -336,3 +485,36 @@ def test_the_bundled_model_is_offered_and_loaded_when_present(qtbot, run_dir, mo
         assert dock.model is not None and "12 genes" in dock.models.info.text()
     finally:
         other.close()
+
+
+def test_closing_the_viewer_during_a_prediction_cancels_it_quietly(qtbot, run_dir, her2st,
+                                                                   monkeypatch, tmp_path, capfd):
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dkan import bundled
+    from napari_dkan._widgets.cache import PredictionCache
+
+    monkeypatch.setattr(bundled, "default_model_path", lambda: None)
+    monkeypatch.setenv("NAPARI_DKAN_CACHE", str(tmp_path / "cache"))  # tiles must be encoded
+    other = napari.Viewer(show=True)
+    _, dock = other.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    other.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
+    QApplication.processEvents()
+    dock.choose_model(str(run_dir))
+    _wait(qtbot, dock)
+    dock.cache = PredictionCache(disk=False)
+    worker = dock.predict()
+    stages: list[str] = []
+    worker.yielded.connect(lambda step: stages.append(step.stage))
+    qtbot.waitUntil(lambda: "features" in stages, timeout=WAIT_MS)
+    runner = dock.runner
+    capfd.readouterr()
+    other.close()
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=5_000)  # cancelled, not run to the end
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.01)
+    err = capfd.readouterr().err
+    assert runner.closed and runner.cancel_event.is_set()
+    assert "already deleted" not in err and "Signal source has been deleted" not in err, err

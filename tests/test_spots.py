@@ -62,7 +62,10 @@ def test_visium_v1_folder(visium_dir):
     b = spots.spot_id[0]
     assert spots.array_row[0] == pos.loc[b, 2] and spots.array_col[0] == pos.loc[b, 3]
     assert spots.y[0] == pos.loc[b, 4] and spots.x[0] == pos.loc[b, 5]  # row, col in full res
-    assert spots.diameter_px == pytest.approx(89.4275, rel=1e-4)
+    # spot_diameter_fullres (89.43 px) spans Space Ranger's "theoretical 65 µm spot": that is
+    # the scale, and the 55 µm capture spot is drawn 55/65 of it
+    assert sec.mpp == pytest.approx(65 / 89.4275, rel=1e-4)
+    assert spots.diameter_px == pytest.approx(89.4275 * 55 / 65, rel=1e-4)
     # hex neighbours: (r, c±2) and (r±1, c±1) only
     nbr = spots.neighbour_index()
     for i in range(len(spots)):
@@ -70,8 +73,8 @@ def test_visium_v1_folder(visium_dir):
             dr = abs(spots.array_row[j] - spots.array_row[i])
             dc = abs(spots.array_col[j] - spots.array_col[i])
             assert (dr, dc) in {(0, 2), (1, 1)}
-    # one column step is 50 µm; Visium pixel pitch gives a plausible scale
-    assert 0.3 < spots.estimate_mpp() < 2.0
+    # one column step is 50 µm: the spot pitch gives the same scale within 0.1 %
+    assert spots.estimate_mpp() == pytest.approx(sec.mpp, rel=1e-3)
     with pytest.raises(DataError, match="--image"):
         sec.require_image()
 

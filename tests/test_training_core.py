@@ -142,12 +142,17 @@ def test_default_settings_from_a_preset_or_a_base_run():
 
 
 # -- training -------------------------------------------------------------------------------------
-def test_fine_tuning_reuses_the_base_gene_text_and_reports_every_epoch(her2st, base_run, tmp_path):
+def test_fine_tuning_reuses_the_base_gene_text_and_reports_every_epoch(her2st, base_run, tmp_path,
+                                                                        monkeypatch):
+    from napari_dkan.engine import runs
     from napari_dkan.engine.runs import TrainedModel
 
     base = TrainedModel.load(base_run)
-    text = base.gene_text()
-    assert text.genes == base.panel and np.array_equal(text.matrix, base._text.numpy())
+
+    def no_reembedding(*args, **kwargs):
+        raise AssertionError("fine-tuning re-embedded the gene texts instead of reusing the base's")
+
+    monkeypatch.setattr(runs, "gene_text_for", no_reembedding)
     items = []
     outcome = run_to_end(training_steps(_request(tmp_path, her2st, base_run), threading.Event()), items.append)
     assert isinstance(outcome, TrainingOutcome) and outcome.status == "finished"
@@ -159,6 +164,7 @@ def test_fine_tuning_reuses_the_base_gene_text_and_reports_every_epoch(her2st, b
     tuned = TrainedModel.load(outcome.run_dir)
     assert tuned.config["fine_tuned_from"] == str(base.run_dir)
     assert tuned.config["text"]["sha256"] == base.config["text"]["sha256"]  # the same vectors
+    assert np.array_equal(tuned._text.numpy(), base._text.numpy())  # as the base stored them
     assert tuned.config["training"]["val_sections"] == ["C3"]
 
 
@@ -182,7 +188,7 @@ class _AfterFirstCheckpoint(threading.Event):
         self.run_dir = run_dir
 
     def is_set(self) -> bool:
-        return super().is_set() or (self.run_dir / "model.safetensors").is_file()
+        return super().is_set() or any(self.run_dir.glob("best-e*.safetensors"))
 
 
 def test_cancel_keeps_the_best_checkpoint_so_far(her2st, base_run, tmp_path):

@@ -69,6 +69,75 @@ def test_the_form_starts_from_the_section_the_viewer_shows(qtbot, docks, her2st)
     assert {None, "C3", "C4"} <= offered  # a spatial block of C2, or another section
 
 
+def test_both_docks_are_tabs_with_the_whole_height_nothing_clipped(qtbot, viewer, docks):
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QApplication, QDockWidget, QScrollArea
+
+    from napari_dkan._widgets.dock_layout import _dock_of
+
+    predict, _ = docks
+    QApplication.processEvents()
+    window = viewer.window._qt_window
+    listed = [d for d in window.findChildren(QDockWidget)
+              if d.windowTitle().startswith("Fine-tune a model")]
+    assert listed
+    predict_dock = _dock_of(predict)
+    assert listed[0] in window.tabifiedDockWidgets(predict_dock)  # a tab, not squeezed below
+    # at the default window size the prediction dock's last buttons are reachable, not clipped
+    viewer.window.resize(1200, 800)
+    predict_dock.raise_()
+    QApplication.processEvents()
+    scroll = predict.findChild(QScrollArea)
+    button = predict.display.grid
+    scroll.ensureWidgetVisible(button)
+    QApplication.processEvents()
+    right = button.mapTo(scroll.viewport(), QPoint(button.width(), button.height()))
+    assert 0 < right.x() <= scroll.viewport().width() and 0 < right.y() <= scroll.viewport().height()
+    assert predict_dock.height() > 400
+    viewer.window.resize(1400, 900)
+
+
+def test_trainable_sections_come_first_and_the_others_are_greyed(qtbot, docks):
+    _, train = docks
+    _wait(qtbot, train)
+    combo = train.form.section
+    model = combo.model()
+    enabled = [model.item(i).isEnabled() for i in range(combo.count())]
+    labels = [combo.itemText(i) for i in range(combo.count())]
+    assert enabled[0] and "no image" not in labels[0]
+    first_disabled = enabled.index(False)
+    assert all(enabled[:first_disabled]) and not any(enabled[first_disabled:])
+    assert all("no image" in t for t in labels[first_disabled:])
+    assert "no image" in model.item(first_disabled).toolTip()
+
+
+def test_curves_in_the_dark_with_whole_epochs_and_an_honest_scale(qtbot):
+    from matplotlib.colors import to_hex
+
+    from napari_dkan._widgets.curves import MIN_PCC_SPAN, PlotTheme, TrainingCurves
+    from napari_dkan._widgets.training_dock import format_duration, gain_text
+    from napari_dkan._widgets.training_run import EpochRecord
+
+    curves = TrainingCurves(theme=PlotTheme.of_napari("dark"))
+    qtbot.addWidget(curves)
+    curves.clear(planned_epochs=1)
+    curves.set_base(0.300)
+    curves.add_epoch(EpochRecord(1, 0.8, 0.308, 0.308, 1))
+    curves.canvas.draw()
+    ticks = [t for t in curves.pcc_axes.get_xticks() if 0.5 <= t <= 1.5]
+    assert ticks == [1.0]  # not 0.945 … 1.050
+    lo, hi = curves.pcc_limits()
+    assert hi - lo >= MIN_PCC_SPAN - 1e-9  # +0.008 over the base looks small
+    assert lo < 0.300 < 0.308 < hi
+    background = to_hex(curves.figure.get_facecolor())
+    assert sum(int(background[i:i + 2], 16) for i in (1, 3, 5)) < 3 * 80  # dark, like napari
+    labels = [t.get_text() for t in curves.legend.get_texts() if t.get_visible()]
+    assert labels == ["fine-tuned", "best (kept)", "base model"]
+    assert all(t.get_fontsize() >= 7 for t in curves.legend.get_texts())
+    assert "+0.008" in gain_text(0.308, 0.300) and "small" in gain_text(0.308, 0.300)
+    assert format_duration(200) == "3 min" and format_duration(12) == "10 s"
+
+
 def test_fine_tune_two_epochs_through_the_dock(qtbot, docks, base_run, tmp_path):
     from napari_dkan.engine.runs import TrainedModel
 
@@ -88,6 +157,7 @@ def test_fine_tune_two_epochs_through_the_dock(qtbot, docks, base_run, tmp_path)
     assert np.all(np.isfinite(train.curves.pcc_line.get_ydata()))
     assert train.curves.base_line.get_visible()
     assert str(out) in train.result.text()
+    assert "best agreement on held-out spots" in train.estimate.text()
 
     model = TrainedModel.load(out)  # written and loadable as it is
     base = TrainedModel.load(base_run)
@@ -113,6 +183,7 @@ def test_fine_tune_two_epochs_through_the_dock(qtbot, docks, base_run, tmp_path)
     column = np.asarray(layer.features[gene], dtype=float)
     order = np.argsort(layer.features["spot_id"].to_numpy()) if "spot_id" in layer.features else slice(None)
     assert column.shape[0] == expected.shape[0]
+    expected = np.maximum(expected, 0.0)  # shown at the floor of log10(1 + x): not detected
     np.testing.assert_allclose(np.sort(column[order]), np.sort(expected[:, 0]), rtol=1e-4, atol=1e-5)
 
 

@@ -13,7 +13,13 @@ What opens, and as what:
 - a Space Ranger (Visium) output folder: the full-resolution image when the folder holds
   exactly one slide file (Space Ranger does not copy it there; put it beside ``spatial/``),
   else Space Ranger's hires PNG scaled onto the spots, plus the measured spots;
-- an ``.h5ad`` file in the scanpy convention: its first library, image and measured spots.
+- an ``.h5ad`` file in the scanpy convention: its first library, image (the full-resolution one
+  when its path is stored, else the hires or lowres image in ``uns["spatial"]``) and measured
+  spots; a napari-dkan prediction file: its slide, predicted and measured layers, each for
+  what it is (:mod:`napari_dkan._saved_predictions`).
+
+What the reader had to assume or pass over (log-normalised counts, Ensembl ids, a blank image, a
+missing scale-factor file…) is said in a notification per point.
 
 The measured layer has one feature column per gene of the section's top-250 panel (its own
 genes with the highest mean count, the paper's panel rule), in the model's target space without
@@ -55,11 +61,11 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
     if p.suffix.lower() == ".h5ad" and p.is_file():
         return read_dataset
     if p.suffix.lower() in _SLIDE_SUFFIXES and p.is_file():
-        if _st_section_of(p) is not None:
-            return read_dataset
         from napari_dkan.io.slides import is_slide_file
 
-        return read_slide if is_slide_file(p) else None
+        if not is_slide_file(p):  # by its header: a text file renamed .tif is not claimed
+            return None
+        return read_dataset if _st_section_of(p) is not None else read_slide
     return None
 
 
@@ -69,6 +75,7 @@ def read_slide(path: str | list[str]) -> list[LayerData]:
 
     p = Path(path[0] if isinstance(path, list) else path)
     slide = open_slide(p)
+    slide.check_pixels()  # a truncated image fails now, not in napari's draw loop
     data, meta, kind = slide_layer(slide)
     meta["metadata"][META_KEY]["source"] = SectionSource(path=str(p)).to_metadata()
     return [(data, meta, kind)]
@@ -90,12 +97,16 @@ def slide_layer(slide: Any) -> LayerData:
 
 def read_dataset(path: str | list[str]) -> list[LayerData]:
     """The slide and measured spots of one section (see the module docstring for which)."""
+    from napari.utils.notifications import show_info, show_warning
+
     p = Path(path[0] if isinstance(path, list) else path)
+    if p.suffix.lower() == ".h5ad" and _is_prediction_file(p):
+        from napari_dkan._saved_predictions import saved_prediction_layers
+
+        return saved_prediction_layers(p)
     source, note = _section_source(p)
     section = source.open()
     if note:
-        from napari.utils.notifications import show_info
-
         show_info(note.format(section=section.name))
     layers: list[LayerData] = []
     slide = _section_image_layer(section, source)
@@ -103,13 +114,26 @@ def read_dataset(path: str | list[str]) -> list[LayerData]:
         layers.append(slide)
     if section.has_counts:
         layers.append(measured_layer(section, source))
+    for line in section.notes:  # what the reader assumed or passed over (filled while loading)
+        show_warning(f"{section.name}: {line}")
     return layers
+
+
+def _is_prediction_file(p: Path) -> bool:
+    """Written by napari-dkan (uns/napari_dkan/model), judged from the HDF5 keys alone."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            return "uns/napari_dkan/model" in f
+    except OSError:
+        return False  # not HDF5: the dataset reader says what is wrong
 
 
 def _section_source(p: Path) -> tuple[SectionSource, str]:
     """Which section a path names, and a note for the user when we had to choose one."""
     from napari_dkan._widgets.sources import SectionSource
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     st = _st_section_of(p)
     if st is not None:
@@ -158,33 +182,62 @@ def _visium_image(folder: Path) -> Path | None:
 def _section_image_layer(section: Section, source: SectionSource) -> LayerData | None:
     meta_source = source.to_metadata()
     if section.has_image:
-        data, meta, kind = slide_layer(section.open_slide())
+        slide = section.open_slide()
+        slide.check_pixels()  # a truncated image fails now, not in napari's draw loop
+        data, meta, kind = slide_layer(slide)
         meta["name"] = f"{section.name} · slide"
         meta["metadata"][META_KEY]["source"] = meta_source
         return data, meta, kind
-    return _low_res_layer(section, source)
+    return low_res_layer(section, meta_source)
 
 
-def _low_res_layer(section: Section, source: SectionSource) -> LayerData | None:
-    """Space Ranger's hires/lowres PNG, scaled so it lies under the full-resolution spots."""
-    from napari_dkan.io.visium import find_spaceranger_outs, low_res_image
-
-    root = Path(source.path)
-    outs = find_spaceranger_outs(root) if root.is_dir() else None
-    found = low_res_image(outs / "spatial") if outs is not None else None
-    if found is None:
-        return None
-    image, factor = found
+def low_res_layer(section: Section, source: dict[str, Any]) -> LayerData | None:
+    """The section's low-resolution image (Space Ranger PNG, AnnData uns image) under its spots."""
+    preview = section.preview
+    if preview is None:
+        return _placeholder_layer(section, source)
     mpp = float(section.mpp)
     meta = {
-        "name": f"{section.name} · low-resolution image",
+        "name": f"{section.name} · {preview.kind} image",
         "rgb": True,
-        "scale": (mpp / factor, mpp / factor),
+        "scale": (mpp / preview.scale, mpp / preview.scale),
         "units": ("µm", "µm"),
-        "metadata": {META_KEY: {"role": "slide", "source": source.to_metadata(), "mpp": mpp,
+        "metadata": {META_KEY: {"role": "slide", "source": source, "mpp": mpp,
                                 "pixel_scale": (mpp, mpp), "low_resolution": True}},
     }
-    return image, meta, "image"
+    return preview.image, meta, "image"
+
+
+def _placeholder_layer(section: Section, source: dict[str, Any]) -> LayerData | None:
+    """A plain light canvas under the spots when the data hold no image at all.
+
+    It gives the spots a frame and the dock a slide to follow, whose fields then ask for the
+    full-resolution image; its name says what it is.
+    """
+    import numpy as np
+    from napari.utils.notifications import show_warning
+
+    from napari_dkan.io.errors import DataError
+
+    try:
+        spots, mpp = section.spots, float(section.mpp)
+    except DataError:
+        return None
+    step = 32.0  # full-resolution pixels per canvas pixel
+    margin = 2 * (spots.diameter_px or spots.diameter_um / mpp)
+    shape = (int((spots.y.max() + margin) // step) + 1, int((spots.x.max() + margin) // step) + 1)
+    show_warning(f"{section.name}: the data hold no image; choose the full-resolution image in "
+                 "the Predict expression dock (Slide ▸ image) to see the tissue and predict")
+    meta = {
+        "name": f"{section.name} · no image",
+        "rgb": True,
+        "scale": (mpp * step, mpp * step),
+        "units": ("µm", "µm"),
+        "metadata": {META_KEY: {"role": "slide", "source": source, "mpp": mpp,
+                                "pixel_scale": (mpp, mpp), "low_resolution": True,
+                                "placeholder": True}},
+    }
+    return np.full((*shape, 3), 235, dtype=np.uint8), meta, "image"
 
 
 def measured_layer(section: Section, source: SectionSource) -> LayerData:

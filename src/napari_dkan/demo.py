@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,15 +100,35 @@ def _ensure_display() -> Any:
 
 
 def _settle(app: Any, dock: Any, timeout: float = 600.0) -> None:
-    t0 = time.monotonic()
-    while dock.busy:
-        app.processEvents()
-        time.sleep(0.01)
-        if time.monotonic() - t0 > timeout:
-            raise DataError("the demo's prediction did not finish in time")
-    for _ in range(30):  # let the canvas draw what arrived
-        app.processEvents()
-        time.sleep(0.01)
+    """Let Qt's event loop run until the dock's job is done, then a moment more for drawing.
+
+    One event loop waits (``QEventLoop.exec``), not a Python loop of ``processEvents`` calls:
+    each Python call into Qt costs a reference to ``None`` on PySide6 6.12.0, and a few
+    thousand of them abort the process (tests/test_qt_binding.py).
+    """
+    if not wait_for(lambda: not dock.busy, timeout):
+        raise DataError("the demo's prediction did not finish in time")
+    wait_for(lambda: False, 0.3)  # let the canvas draw what arrived
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, poll_ms: int = 20) -> bool:
+    """Run the Qt event loop until ``condition()`` holds or ``timeout`` seconds pass."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    if condition():
+        return True
+    loop = QEventLoop()
+    poll, deadline = QTimer(), QTimer()
+    poll.setInterval(poll_ms)
+    poll.timeout.connect(lambda: loop.quit() if condition() else None)
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(loop.quit)
+    poll.start()
+    deadline.start(int(timeout * 1000))
+    loop.exec()
+    poll.stop()
+    deadline.stop()
+    return condition()
 
 
 def run_demo(data_dir: str | Path | None = None, section: str = "C2", gene: str = "ERBB2",

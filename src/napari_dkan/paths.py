@@ -9,7 +9,7 @@ ENV_CACHE = "NAPARI_DKAN_CACHE"
 
 
 def cache_dir(*parts: str) -> Path:
-    """The cache folder (``$NAPARI_DKAN_CACHE`` or the user's cache dir), created on demand."""
+    """The cache folder (``$NAPARI_DKAN_CACHE`` or the user's cache dir), created on demand when it can be."""
     root = os.environ.get(ENV_CACHE)
     if root:
         base = Path(root).expanduser()
@@ -18,5 +18,8 @@ def cache_dir(*parts: str) -> Path:
 
         base = Path(platformdirs.user_cache_dir("napari-dkan"))
     path = base.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # a read-only or full cache disk: reads miss, writes warn (storage.atomic_write)
     return path

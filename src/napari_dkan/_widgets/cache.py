@@ -2,8 +2,9 @@
 
 Re-running a prediction on the same slide, spots and model (e.g. after switching scope back,
 or in a later napari session) returns the stored values at once.  The key holds the model's
-run directory and weight digest, the slide file's identity (path, size, mtime), the section,
-and a digest of the spot ids and positions; device and progress settings do not change a
+run directory and weight digest, the identity of the image encoder it reads features with
+(a local weight file's path, size and mtime), the slide file's identity (path, size, mtime), the
+section and its µm/px, and a digest of the spot ids and positions; device and progress settings do not change a
 prediction beyond float noise, so they are not part of it.  Disk files reuse the feature
 cache's safetensors format, which checks the full key on reading.
 """
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.io.dataset import Section
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: µm/px and encoder identity in the key
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,22 @@ class PredictionKey:
     slide: str  # slide_identity()
     section: str
     spots: str  # spots_digest()
+    mpp: float = 0.0  # the section's level-0 µm/px
+    encoder: str = ""  # the image encoder's identity (weights included)
     version: int = CACHE_VERSION
 
     @classmethod
     def of(cls, model: TrainedModel, section: Section) -> PredictionKey:
+        from napari_dkan.features.registry import resolve_encoder
+
         weights = model.config.get("files", {}).get("model.safetensors", "")
         return cls(
             model=f"{Path(model.run_dir).resolve()}|{weights}",
             slide=slide_identity(section.require_image()),
             section=f"{section.dataset}/{section.name}",
             spots=spots_digest(section.spots),
+            mpp=float(section.mpp),
+            encoder=resolve_encoder(model.features.encoder).identity,
         )
 
     def as_json(self) -> str:

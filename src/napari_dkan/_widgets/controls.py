@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_dkan._widgets.colour_scales import QUANTITY, QUANTITY_WORDS, ColourScale, describe_scale
 from napari_dkan._widgets.session import COLORMAPS, Display
 
 
@@ -52,7 +53,9 @@ class GenePicker(QWidget):
         for w in (self.edit, self.previous, self.next, self.count):
             row.addWidget(w)
         self.completer.activated[str].connect(self.gene_chosen.emit)
-        self.edit.returnPressed.connect(lambda: self.gene_chosen.emit(self.edit.text()))
+        # Return or leaving the box: what it says is asked for; the dock puts it back to the
+        # gene the map shows when that is not a panel gene, so box and map never disagree
+        self.edit.editingFinished.connect(self._finished)
         self.previous.clicked.connect(lambda: self._step(-1))
         self.next.clicked.connect(lambda: self._step(1))
         self._genes: list[str] = []
@@ -63,8 +66,17 @@ class GenePicker(QWidget):
         self.count.setText(f"{len(self._genes)} genes")
 
     def set_current(self, gene: str) -> None:
+        """Show ``gene`` (the gene the map shows)."""
+        self._current = gene
         if self.edit.text() != gene:
             self.edit.setText(gene)
+
+    def _finished(self) -> None:
+        text = self.edit.text().strip()
+        if text and text != getattr(self, "_current", None):
+            self.gene_chosen.emit(text)
+        elif not text:
+            self.set_current(getattr(self, "_current", "") or "")
 
     def _step(self, delta: int) -> None:
         if not self._genes:
@@ -75,15 +87,21 @@ class GenePicker(QWidget):
 
 
 class DisplayControls(QWidget):
-    """Colormap, percentile contrast limits, residual layer and side-by-side view."""
+    """Colour scale, colormap, percentiles, residual layer, side-by-side view and the
+    measured ↔ predicted flip; a line says what the colours show."""
 
     display_changed = Signal(object)  # Display
     residual_toggled = Signal(bool)
     grid_toggled = Signal(bool)
+    flip_clicked = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         default = Display()
+        self.scale = QComboBox(toolTip="how values become colours")
+        for scale in ColourScale:
+            self.scale.addItem(str(scale), scale.value)
+            self.scale.setItemData(self.scale.count() - 1, scale.tooltip, Qt.ItemDataRole.ToolTipRole)
         self.colormap = QComboBox()
         self.colormap.addItems(COLORMAPS)
         self.colormap.setCurrentText(default.colormap)
@@ -91,35 +109,64 @@ class DisplayControls(QWidget):
                                   value=default.low_percentile, suffix=" %")
         self.high = QDoubleSpinBox(decimals=1, minimum=0.1, maximum=100.0, singleStep=0.5,
                                    value=default.high_percentile, suffix=" %")
-        self.limits = QLabel("")
+        self.limits = QLabel("", toolTip=QUANTITY_WORDS)
+        self.limits.setWordWrap(True)
         self.residual = QCheckBox("residual layer (predicted − measured)")
         self.grid = QPushButton("Side by side", checkable=True,
                                 toolTip="measured and predicted in two panels (napari grid)")
+        self.flip = QPushButton("Measured ⇄ predicted",
+                                toolTip="show the other one of measured and predicted in place "
+                                        "(one click back and forth)")
         percentiles = QHBoxLayout()
         percentiles.addWidget(self.low)
         percentiles.addWidget(QLabel("to"))
         percentiles.addWidget(self.high)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.flip)
+        buttons.addWidget(self.grid)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("scale", self.scale)
         form.addRow("colormap", self.colormap)
         form.addRow("percentiles", percentiles)
-        form.addRow("limits", self.limits)
+        form.addRow("colours", self.limits)
         form.addRow(self.residual)
-        form.addRow(self.grid)
+        form.addRow(buttons)
+        self.scale.currentIndexChanged.connect(self._emit)
         self.colormap.currentTextChanged.connect(self._emit)
         self.low.valueChanged.connect(self._emit)
         self.high.valueChanged.connect(self._emit)
         self.residual.toggled.connect(self.residual_toggled.emit)
         self.grid.toggled.connect(self.grid_toggled.emit)
+        self.flip.clicked.connect(self.flip_clicked.emit)
+        self._scale_changed()
+
+    @property
+    def colour_scale(self) -> ColourScale:
+        return ColourScale(self.scale.currentData())
+
+    def set_scale(self, scale: ColourScale) -> None:
+        self.scale.setCurrentIndex(self.scale.findData(scale.value))
+
+    def _scale_changed(self) -> None:
+        scale = self.colour_scale
+        self.scale.setToolTip(scale.tooltip)
+        self.low.setEnabled(scale is ColourScale.PER_GENE)
+        self.high.setEnabled(scale is not ColourScale.Z_SCORE)
 
     def _emit(self, *_: object) -> None:
+        self._scale_changed()
         if self.low.value() >= self.high.value():
             return  # mid-edit; the user is still typing the other bound
         self.display_changed.emit(Display(self.colormap.currentText(), self.low.value(),
-                                          self.high.value()))
+                                          self.high.value(), self.colour_scale))
 
-    def show_limits(self, limits: tuple[float, float]) -> None:
-        self.limits.setText(f"{limits[0]:.3g} – {limits[1]:.3g}")
+    def show_limits(self, limits: tuple[float, float], gene: str = "") -> None:
+        """Say what the colours span, in what quantity, on which scale."""
+        scale = self.colour_scale
+        unit = "SD from the section mean" if scale is ColourScale.Z_SCORE else QUANTITY
+        self.limits.setText(f"{limits[0]:.3g} to {limits[1]:.3g} {unit}\n"
+                            f"{describe_scale(scale, self.low.value(), self.high.value())}")
 
 
 class ModelChooser(QWidget):
@@ -133,6 +180,9 @@ class ModelChooser(QWidget):
         self.model = QComboBox(editable=True, toolTip="a run directory, or its config.json / "
                                "model.safetensors; type a path and press Enter")
         self.model.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        # a long run path must not widen the dock
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setMinimumContentsLength(12)
         self.model.lineEdit().setPlaceholderText("choose a trained model…")
         self.browse = QPushButton("Browse…")
         self.info = QLabel("no model")

@@ -34,14 +34,23 @@ from qtpy.QtWidgets import (
 from napari_dkan._widgets import jobs
 from napari_dkan._widgets.cache import PREDICTIONS, PredictionCache
 from napari_dkan._widgets.controls import DisplayControls, GenePicker, ModelChooser
+from napari_dkan._widgets.dock_layout import place_in_scroll_area, tabify_with_siblings
 from napari_dkan._widgets.export import write_predictions
-from napari_dkan._widgets.expression import SPOT_ID, Expression
-from napari_dkan._widgets.layers import MEASURED, LayerBuilder, role_of
+from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
+from napari_dkan._widgets.layers import MEASURED, ROLES, LayerBuilder, role_of
 from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModel, RecentModels
 from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.scope import Scope, visible_box
+from napari_dkan._widgets.section_facts import (
+    Needs,
+    data_notices,
+    describe_section,
+    section_needs,
+)
+from napari_dkan._widgets.section_inputs import SectionInputs
 from napari_dkan._widgets.session import Display, SpotSession
-from napari_dkan._widgets.sources import META_KEY, source_of_layer
+from napari_dkan._widgets.sources import META_KEY, SectionSource, source_of_layer
+from napari_dkan._widgets.trust_view import TrustPanel, UncertaintyLayer, mark_reliability
 from napari_dkan.io.errors import DataError
 
 if TYPE_CHECKING:
@@ -60,11 +69,13 @@ class PredictionDock(QWidget):
         self.session: SpotSession | None = None
         self.builder: LayerBuilder | None = None
         self.model: TrainedModel | None = None
+        self.needs = Needs()
         self._build_ui()
         self.runner = JobRunner(self.progress, self.status, self.predict_button, self.cancel_button)
         self._connect()
         self._follow_recent_models()
         self._refresh_slides()
+        tabify_with_siblings(self)  # beside the fine-tuning dock, not squeezed under it
         self.runner.start(jobs.available_devices_steps(), self.models.set_devices, "checking devices",
                           quiet=True)
         from napari_dkan.bundled import default_model_path
@@ -79,6 +90,7 @@ class PredictionDock(QWidget):
         self.slide = QComboBox(toolTip="the slide to predict on (image layers opened from a file)")
         self.section_info = QLabel("open a slide or a spot dataset (File ▸ Open)")
         self.section_info.setWordWrap(True)
+        self.inputs = SectionInputs()
         self.models = ModelChooser()
         self.scope_fov = QRadioButton(str(Scope.FIELD_OF_VIEW))
         self.scope_all = QRadioButton(str(Scope.ALL_SPOTS), checked=True)
@@ -92,33 +104,57 @@ class PredictionDock(QWidget):
         self.status.setWordWrap(True)
         self.genes = GenePicker()
         self.scores = QLabel("")
+        self.scores.setWordWrap(True)
+        self.trust = TrustPanel()
+        self.uncertainty: UncertaintyLayer | None = None
+        self._spot_trust: Any = None
         self.display = DisplayControls()
         self.export_h5ad = QPushButton("Export .h5ad…")
         self.export_csv = QPushButton("Export .csv…")
+        from napari_dkan.io.spatialdata_export import INSTALL_HINT, spatialdata_available
 
-        slide_box = _group("Slide", self.slide, self.section_info)
+        # offered when the optional spatialdata package is installed (the spatialdata extra)
+        self.export_zarr = QPushButton("Export SpatialData…", toolTip=(
+            "a SpatialData .zarr store: the slide, the spots as circles, a table of predicted "
+            "and measured values (napari-spatialdata, squidpy)"))
+        self.export_zarr.setVisible(spatialdata_available())
+        if not spatialdata_available():
+            self.export_h5ad.setToolTip(f"AnnData with Space Ranger-style images (scanpy, "
+                                        f"squidpy). SpatialData export: {INSTALL_HINT}")
+
+        slide_box = _group("Slide", self.slide, self.section_info, self.inputs)
         model_box = _group("Model", self.models)
         scope_row = _row(QLabel("spots:"), self.scope_fov, self.scope_all)
         run_row = _row(self.predict_button, self.cancel_button)
         predict_box = _group("Predict", scope_row, run_row, self.progress, self.status)
-        compare_box = _group("Compare", self.genes, self.scores, self.display)
-        export_box = _group("Export predictions", _row(self.export_h5ad, self.export_csv))
-        layout = QVBoxLayout(self)
+        compare_box = _group("Compare", self.genes, self.trust, self.scores, self.display)
+        export_box = _group("Export predictions",
+                            _row(self.export_h5ad, self.export_csv, self.export_zarr))
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
         for box in (slide_box, model_box, predict_box, compare_box, export_box):
             layout.addWidget(box)
         layout.addStretch(1)
+        # taller than a laptop's dock area (and shared with the fine-tuning dock): scroll
+        # vertically rather than clip the last buttons
+        place_in_scroll_area(self, inner)
 
     def _connect(self) -> None:
         self.slide.currentIndexChanged.connect(lambda _: self._slide_changed())
         self.models.model_chosen.connect(self.choose_model)
+        self.inputs.applied.connect(self.use_inputs)
         self.models.device_chosen.connect(lambda _: self._show_in_use())
         self.predict_button.clicked.connect(lambda: self.predict())
         self.genes.gene_chosen.connect(self.set_gene)
         self.display.display_changed.connect(self._display_changed)
         self.display.residual_toggled.connect(self._residual_toggled)
         self.display.grid_toggled.connect(self.set_side_by_side)
+        self.trust.order_changed.connect(self._refresh_trust)
+        self.trust.uncertainty_toggled.connect(self.set_uncertainty_visible)
+        self.display.flip_clicked.connect(self.flip_measured_predicted)
         self.export_h5ad.clicked.connect(lambda: self._export_dialog(".h5ad"))
         self.export_csv.clicked.connect(lambda: self._export_dialog(".csv"))
+        self.export_zarr.clicked.connect(lambda: self._export_dialog(".zarr"))
         events = self.viewer.layers.events
         events.inserted.connect(self._layers_changed)
         events.removed.connect(self._layers_changed)
@@ -183,16 +219,87 @@ class PredictionDock(QWidget):
         session = SpotSession(source, source.open())
         self.session = session
         self.builder = LayerBuilder(self.viewer, session, slide_layer)
+        self.uncertainty = UncertaintyLayer(self.viewer, self.builder)
+        self._spot_trust = None
         session.gene_changed.connect(self._gene_changed)
         session.values_changed.connect(self._show_scores)
         session.display_changed.connect(self._show_scores)
-        kind = "spots from the dataset" if source.section else "a lattice over the detected tissue"
-        self.section_info.setText(f"{source.label}: {kind}")
+        self._show_section(session)
         if self.model is not None:
             self.choose_model(self.model)  # its panel's measured values for this section
         else:
             self._adopt_reader_measured(session)
+        self.builder.fit_once()
         return session
+
+    def _show_section(self, session: SpotSession) -> None:
+        """What the section really holds, what it still needs, and what the reader noticed."""
+        try:
+            self.section_info.setText(describe_section(session.section, session.source))
+            self.needs = section_needs(session.section, session.source)
+        except DataError as exc:
+            self.section_info.setText(f"{session.source.label}: {exc}")
+            self.needs = Needs()
+        self.inputs.show_needs(self.needs)
+        self.inputs.show_notices(data_notices(session.section, None))
+
+    def use_inputs(self, image: str | None, mpp: float | None) -> bool:
+        """Reopen the section with the image and/or µm per pixel given in the dock's fields."""
+        session, builder = self.session, self.builder
+        if session is None or builder is None:
+            return False
+        if self.needs.image and not image:
+            show_error("choose the full-resolution image first (Browse…)")
+            return False
+        if self.needs.mpp and not mpp:
+            show_error("enter the µm per pixel first")
+            return False
+        old = session.source
+        source = SectionSource(path=old.path, section=old.section, image=image or old.image,
+                               mpp=mpp if mpp is not None else old.mpp)
+        try:
+            section = source.open()
+            layer = builder.slide_layer
+            if image:
+                from napari_dkan._reader import slide_layer
+
+                data, meta, _ = slide_layer(section.open_slide())  # checks the spots fit in it
+                meta["name"] = f"{section.name} · slide"
+                meta["metadata"][META_KEY]["source"] = source.to_metadata()
+            elif mpp:
+                section.open_slide(check_spots=False)
+        except DataError as exc:
+            show_error(str(exc))
+            self.inputs.show_notices([str(exc)])
+            return False
+        for other in self.viewer.layers:  # the reader's measured layer follows its section
+            info = (other.metadata or {}).get(META_KEY, {})
+            if info.get("source") == old.to_metadata() and other is not layer:
+                info["source"] = source.to_metadata()
+        # the old session's spot layers go; its measured values carry over (same spots)
+        measured = session.measured if self.model is None else None
+        for role in ROLES:
+            spots_layer = builder.layer(role)
+            if spots_layer is not None:
+                self.viewer.layers.remove(spots_layer)
+        if image:
+            index = self.viewer.layers.index(layer)
+            new = self.viewer.add_image(data, **meta)
+            self.viewer.layers.move(self.viewer.layers.index(new), index)
+            self.viewer.layers.remove(layer)
+            layer = new
+        else:
+            layer.metadata[META_KEY]["source"] = source.to_metadata()
+            layer.metadata[META_KEY]["mpp"] = mpp
+            layer.metadata[META_KEY]["pixel_scale"] = (mpp, mpp)
+            layer.scale = (mpp, mpp)
+            layer.units = ("µm", "µm")
+        self._refresh_slides()  # may already reopen the session (a removed slide layer)
+        if self.session is session:
+            self.open_session(layer)
+        if measured is not None and self.session is not None and self.session.measured is None:
+            self.session.set_measured(measured)
+        return True
 
     def _adopt_reader_measured(self, session: SpotSession) -> None:
         """Show the reader's measured genes until a model is chosen."""
@@ -201,7 +308,7 @@ class PredictionDock(QWidget):
                 features = layer.features
                 ids = session.section.spots.spot_id
                 if SPOT_ID in features and list(features[SPOT_ID]) == list(ids):
-                    genes = tuple(c for c in features.columns if c != SPOT_ID)
+                    genes = tuple(gene_columns(features))
                     values = features[list(genes)].to_numpy(dtype=np.float32)
                     space = layer.metadata[META_KEY].get("space", "")
                     session.set_measured(Expression(genes, values, np.arange(len(ids)), space))
@@ -210,7 +317,7 @@ class PredictionDock(QWidget):
     # -- model ---------------------------------------------------------------------------------
     def choose_model(self, model: str | TrainedModel) -> Any:
         """Load a run (off the GUI thread) and ready the section for it; returns the worker."""
-        section = None if self.session is None else self.session.section
+        section = self._section_for_model()
         if isinstance(model, str):
             self.models.add_model(Path(model).name or model, model, select=True)
         steps = jobs.load_model_steps(model, section, self.models.device.currentText())
@@ -218,21 +325,30 @@ class PredictionDock(QWidget):
 
     def _model_loaded(self, loaded: jobs.LoadedModel) -> None:
         self.model = loaded.model
-        section = None if self.session is None else self.session.section
+        section = self._section_for_model()
         if loaded.section is not section:  # the user changed slides while it loaded
             QTimer.singleShot(0, lambda: self.choose_model(loaded.model))  # once this job ends
             return
-        info = loaded.model.describe()
-        self.models.info.setText(
-            f"{info['model']}{' ' + info['preset'] if info.get('preset') else ''} · "
-            f"{info['genes']} genes · image encoder {info['image_encoder']}"
-            + (f" · text encoder {info['text_encoder']}" if info.get("text_encoder") else "")
-            + (f" · trained on {', '.join(info['trained_on'])}" if info.get("trained_on") else ""))
+        text, details = describe_model(loaded.model.describe())
+        self.models.info.setText(text)
+        self.models.info.setToolTip(details)
         self._runtime = loaded.runtime
         self._show_in_use(loaded.device)
-        if self.session is not None:
+        self._spot_trust = None
+        if self.uncertainty is not None:
+            self.uncertainty.set_trust(None, None)
+        if self.session is not None and section is not None:
             self.session.set_model(loaded.model, loaded.measured)
+            self.inputs.show_notices(data_notices(self.session.section, loaded.model))
+        if self.builder is not None:
+            self.builder.fit_once()  # a bare slide's spots are known now
+        self._refresh_trust()
+        self._show_scores()
         self.status.setText(f"model ready: {len(loaded.model.panel)} genes")
+
+    def _section_for_model(self) -> Any:
+        """The section a model gets ready for; none while its µm/px is unknown (no spots yet)."""
+        return None if self.session is None or self.needs.mpp else self.session.section
 
     def _follow_recent_models(self) -> None:
         """Offer the models trained in this session, now and as the training dock ends runs."""
@@ -281,6 +397,11 @@ class PredictionDock(QWidget):
     def _request(self) -> jobs.PredictRequest:
         if self.session is None or self.builder is None:
             raise DataError("open a slide first (File ▸ Open), then choose it in the dock")
+        if self.needs.image:
+            raise DataError("this section has no full-resolution image: choose it under Slide "
+                            "(image, Browse…) and press Use")
+        if self.needs.mpp:
+            raise DataError("this image has no µm per pixel: enter it under Slide and press Use")
         if self.model is None:
             raise DataError("choose a model first: a run directory or its checkpoint file")
         view = visible_box(self.viewer, self.builder.slide_layer)
@@ -301,9 +422,15 @@ class PredictionDock(QWidget):
         s = self.session
         if s is None or result.section is not s.section or result.model is not s.model:
             return  # the slide or the model changed while it ran
+        self._spot_trust = result.trust
+        if self.uncertainty is not None:
+            self.uncertainty.set_trust(result.trust, result.expression.spot_index)
         self.session.set_prediction(result.expression)
-        how = "from the cache" if result.cached else f"in {result.seconds:.1f} s"
-        self.status.setText(f"predicted {len(result.expression)} spots {how}")
+        if self.builder is not None:
+            self.builder.show_predicted_area(result.box)
+        self._refresh_trust()
+        self._show_scores()
+        self.status.setText(prediction_summary(result, s.n_spots))
         self._show_in_use(result.device)
 
     def cancel(self) -> None:
@@ -312,23 +439,60 @@ class PredictionDock(QWidget):
 
     # -- comparison ----------------------------------------------------------------------------
     def set_gene(self, gene: str) -> None:
+        """Show ``gene``; an unknown name is refused and the box goes back to the map's gene."""
         if self.session is None:
+            self.genes.set_current("")
             return
         try:
             self.session.set_gene(gene)
         except DataError as exc:
-            show_warning(str(exc))
+            shown = self.session.gene
+            show_warning(f"{exc}; the map still shows {shown}" if shown else str(exc))
+            self.genes.set_current(shown or "")
 
     def _gene_changed(self, gene: str) -> None:
         if self.session is not None:
-            self.genes.set_genes(self.session.genes)
+            self.genes.set_genes(self.trust.gene_list(self.session.model, self.session.genes))
         self.genes.set_current(gene)
+        self._refresh_trust()
         self._show_scores()
+
+    # -- trust (reliability, training-section notice, uncertainty, out of domain) -------------
+    def _refresh_trust(self, *_: Any) -> None:
+        s = self.session
+        model = None if s is None else s.model
+        self.trust.show_model(model, None if s is None else s.section.name)
+        self.trust.show_domain(self._spot_trust, model)
+        if s is None:
+            return
+        self.trust.show_gene(model, s.gene)
+        self.genes.set_genes(self.trust.gene_list(model, s.genes))
+        if self.builder is None:
+            return
+        predicted = self.builder.layer("predicted")
+        if predicted is not None:
+            mark_reliability(self.viewer, predicted, model, s.gene)
+            half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
+            predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
+        if self.uncertainty is not None and self.trust.uncertainty.isChecked():
+            self.uncertainty.show(True)
+
+    def set_uncertainty_visible(self, visible: bool) -> Any:
+        """Show the chosen gene's interval width as its own layer; returns it (None: no intervals)."""
+        if self.uncertainty is None:
+            return None
+        if self.trust.uncertainty.isChecked() != visible:
+            self.trust.uncertainty.setChecked(visible)  # re-enters through the toggle signal
+            return self.uncertainty.layer
+        layer = self.uncertainty.show(visible)
+        if visible and layer is None:
+            show_info("no intervals yet: predict with a model that carries a calibration")
+        return layer
 
     def _display_changed(self, display: Display) -> None:
         if self.session is not None:
             self.session.set_display(colormap=display.colormap, low_percentile=display.low_percentile,
-                                     high_percentile=display.high_percentile)
+                                     high_percentile=display.high_percentile, scale=display.scale)
 
     def _residual_toggled(self, visible: bool) -> None:
         if self.builder is not None:
@@ -343,18 +507,32 @@ class PredictionDock(QWidget):
             show_info("side by side needs two layers: predict first (and open measured data)")
         return panels
 
+    def flip_measured_predicted(self) -> str | None:
+        """One click: predicted in place of measured, or back; returns the role now shown."""
+        if self.builder is None or self.builder.grid:
+            return None
+        shown = self.builder.flip()
+        if shown is None:
+            show_info("predict first: the flip needs both measured and predicted")
+        return shown
+
     def _show_scores(self, *_: Any) -> None:
         s = self.session
         if s is None:
             return
         if s.gene is not None and s.genes:
-            self.display.show_limits(s.contrast_limits())
+            self.display.show_limits(s.contrast_limits(), s.gene)
         scores = s.scores()
         if scores is None:
             self.scores.setText("Pearson r and MAE appear when both predicted and measured exist")
             return
+        notice = self.trust.seen_notice
         self.scores.setText(f"{scores.gene}: Pearson r {scores.pearson:.3f} · MAE {scores.mae:.3f} "
-                            f"over {scores.n_spots} spots in scope")
+                            f"over {scores.n_spots} spots in scope"
+                            + (f" — {notice}" if notice else ""))
+        self.scores.setToolTip("agreement of predicted and measured values of this gene over the "
+                               "spots that have both: Pearson r (1: same pattern, 0: unrelated) and "
+                               "mean absolute error in log10(1 + 10⁴·x/Σ)")
 
     # -- export --------------------------------------------------------------------------------
     def export(self, path: str | Path) -> Path | None:
@@ -373,7 +551,8 @@ class PredictionDock(QWidget):
         from qtpy.QtWidgets import QFileDialog
 
         name = f"{self.session.section.name if self.session else 'predictions'}-predictions{suffix}"
-        kind = "AnnData (*.h5ad)" if suffix == ".h5ad" else "CSV (*.csv)"
+        kind = {".h5ad": "AnnData (*.h5ad)", ".csv": "CSV (*.csv)",
+                ".zarr": "SpatialData (*.zarr)"}[suffix]
         path, _ = QFileDialog.getSaveFileName(self, "Export predictions", name, kind)
         if path:
             self.export(path if path.endswith(suffix) else path + suffix)
@@ -386,6 +565,33 @@ class PredictionDock(QWidget):
     def closeEvent(self, event: Any) -> None:
         self.runner.cancel()
         super().closeEvent(event)
+
+
+def describe_model(info: dict[str, Any]) -> tuple[str, str]:
+    """The model in a pathologist's words, and the technical detail for a tooltip."""
+    name = str(info.get("model", "model"))
+    kind = "DKAN model" if name.startswith("dkan") else f"{name} model"
+    trained = info.get("trained_on") or []
+    text = f"{kind} · {info['genes']} genes"
+    if trained:
+        text += f" · learned from sections {', '.join(map(str, trained))}"
+    details = [f"network: {name}" + (f" ({info['preset']} preset)" if info.get("preset") else ""),
+               f"image encoder {info['image_encoder']} (turns tissue tiles into features)"]
+    if info.get("text_encoder"):
+        details.append(f"text encoder {info['text_encoder']} (reads the genes' descriptions)")
+    return text, "\n".join(details)
+
+
+def prediction_summary(result: jobs.PredictResult, n_spots: int) -> str:
+    """What a prediction covered, how long it took, and any values raised to the floor."""
+    n = len(result.expression)
+    how = "from the cache" if result.cached else f"in {result.seconds:.1f} s"
+    where = (f"{n} of {n_spots} spots in the outlined field of view" if result.box is not None
+             else f"{n} spots")
+    text = f"predicted {where} {how}"
+    if result.clipped:
+        text += (f"; {result.clipped} values below 0 (not detected) shown as 0")
+    return text
 
 
 def _group(title: str, *items: Any) -> QGroupBox:

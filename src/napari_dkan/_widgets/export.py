@@ -1,10 +1,13 @@
-"""Writing predictions: ``.h5ad`` as the engine writes it, or ``.csv`` (no Qt).
+"""Writing predictions: ``.h5ad`` as the engine writes it, ``.csv``, or SpatialData ``.zarr``
+(no Qt).
 
 ``.h5ad`` files come from :func:`napari_dkan.engine.predict.to_anndata` (spots in ``obs``, the
 panel in ``var``, predictions in ``X``, measured values in ``layers["measured"]`` when known,
-``obsm["spatial"]``, the model's summary in ``uns``), so scanpy, squidpy and this plugin's
-reader open them.  ``.csv`` files hold one row per spot: id, array row/col, level-0 pixel x/y,
-then one column per gene.
+``obsm["spatial"]``, the model's summary in ``uns``), with Space Ranger-style hires and lowres
+images and scale factors in ``uns["spatial"][section]`` when the section has its slide, so
+scanpy, squidpy and this plugin's reader open and plot them.  ``.csv`` files hold one row per
+spot: id, array row/col, level-0 pixel x/y, then one column per gene.  ``.zarr`` is a
+SpatialData store (:mod:`napari_dkan.io.spatialdata_export`; needs the ``spatialdata`` extra).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_dkan._widgets.expression import SPOT_ID, Expression
+from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
 from napari_dkan._widgets.session import SpotSession
 from napari_dkan._widgets.sources import META_KEY, SectionSource
 from napari_dkan.io.errors import DataError
+from napari_dkan.storage import anndata_size_hint, atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SUFFIXES = (".h5ad", ".csv")
+SUFFIXES = (".h5ad", ".csv", ".zarr")
 
 
 def write_predictions(session: SpotSession, path: str | Path) -> Path:
@@ -30,11 +34,19 @@ def write_predictions(session: SpotSession, path: str | Path) -> Path:
     path = Path(path)
     kind = _kind(path)
     adata = session.to_anndata()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == ".zarr":
+        from napari_dkan.io.spatialdata_export import write_spatialdata
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_spatialdata(path, adata, session.section)
     if kind == ".h5ad":
-        adata.write_h5ad(path)
+        if session.section.has_image:
+            from napari_dkan.io.spatial_images import add_spatial_images
+
+            add_spatial_images(adata, session.section)
+        atomic_write(path, adata.write_h5ad, anndata_size_hint(adata))
     else:
-        predictions_frame(adata).to_csv(path)
+        atomic_write(path, predictions_frame(adata).to_csv)
     return path
 
 
@@ -61,7 +73,7 @@ def write_points_layer(path: str | Path, data: np.ndarray, meta: dict[str, Any])
     info = (meta.get("metadata") or {}).get(META_KEY, {})
     if features is None or len(features.columns) == 0:
         raise DataError("this points layer has no per-spot values to write")
-    genes = [c for c in features.columns if c != SPOT_ID]
+    genes = gene_columns(features)
     values = features[genes].to_numpy(dtype=np.float32, na_value=np.nan)
     rows = np.flatnonzero(np.isfinite(values).any(axis=1))  # spots that carry a value
     if kind == ".csv":
@@ -71,8 +83,7 @@ def write_points_layer(path: str | Path, data: np.ndarray, meta: dict[str, Any])
         frame = pd.DataFrame({"x": data[rows, -1], "y": data[rows, -2]},
                              index=pd.Index(ids[rows], name=SPOT_ID))
         frame = pd.concat([frame, pd.DataFrame(values[rows], index=frame.index, columns=genes)], axis=1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path)
+        atomic_write(path, frame.to_csv)
         return path
     if info.get("role") != "predicted" or "model" not in info or "source" not in info:
         raise DataError(
@@ -94,5 +105,6 @@ def write_points_layer(path: str | Path, data: np.ndarray, meta: dict[str, Any])
 def _kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise DataError(f"cannot write {path.name}: choose a .h5ad or .csv file name")
+        raise DataError(f"cannot write {path.name}: choose a .h5ad, .csv or .zarr (SpatialData) "
+                        "file name")
     return suffix

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_dkan._widgets.colour_scales import FLOOR
 from napari_dkan.io.dataset import Section
 from napari_dkan.io.errors import DataError
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SPOT_ID = "spot_id"
+#: the feature column the spots are coloured by: the shown gene's values on the colour scale in
+#: use (its z-scores, for the z-score scale); not a gene, never exported
+COLOUR_VALUE = "_colour"
 #: genes shown when a section is opened without a model: its top genes by mean count
 READER_PANEL_SIZE = 250
 
@@ -70,6 +74,18 @@ def target_space(smoothing: bool) -> str:
     return "log10(1 + 10^4 x / panel total)" + (", grid-smoothed" if smoothing else "")
 
 
+def clip_to_floor(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Predictions below the target space's floor (0: not detected) raised to it; and how many.
+
+    ``log10(1 + x)`` of a count is never negative, but a regression head can predict below 0
+    (S100A8 −0.27 on HER2ST C2): such a value means "not expressed", and is shown as that.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    below = values < FLOOR
+    n = int(below.sum())
+    return (np.where(below, np.float32(FLOOR), values) if n else values), n
+
+
 def measured_expression(section: Section, panel: Sequence[str], smoothing: bool) -> Expression:
     """Measured targets of every spot of ``section`` for ``panel`` (NaN for absent genes)."""
     from napari_dkan.io.expression import section_targets
@@ -90,6 +106,11 @@ def reader_panel(section: Section, n: int = READER_PANEL_SIZE) -> list[str]:
     from napari_dkan.io.expression import select_panel
 
     return select_panel([section], n=n)
+
+
+def gene_columns(features: pd.DataFrame) -> list[str]:
+    """The gene columns of a spots layer's features (not the spot id nor the colour column)."""
+    return [c for c in features.columns if c not in (SPOT_ID, COLOUR_VALUE)]
 
 
 def spot_features(spot_id: np.ndarray, genes: Sequence[str], values: np.ndarray) -> pd.DataFrame:

@@ -24,12 +24,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from napari_dkan._widgets.cache import PREDICTIONS, PredictionCache, PredictionKey
-from napari_dkan._widgets.expression import Expression, measured_expression, target_space
+from napari_dkan._widgets.expression import (
+    Expression,
+    clip_to_floor,
+    measured_expression,
+    target_space,
+)
 from napari_dkan._widgets.scope import PixelBox, spots_in_box
 from napari_dkan.progress import Cancelled
 
 if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.engine.trust import SpotTrust
     from napari_dkan.io.dataset import Section
 
 T = TypeVar("T")
@@ -75,14 +81,22 @@ class Progress:
     unit: str = ""
 
     @property
+    def label(self) -> str:
+        """The stage in words (the engine's stage names are terse)."""
+        return STAGE_WORDS.get(self.stage, self.stage)
+
+    @property
     def text(self) -> str:
         if self.total <= 0:
-            return f"{self.stage}…"
-        return f"{self.stage}: {self.done}/{self.total} {self.unit}".rstrip()
+            return f"{self.label}…"
+        return f"{self.label}: {self.done}/{self.total} {self.unit}".rstrip()
 
 
 #: the unit each engine stage counts
 UNITS = {"features": "tiles", "predicting": "spots"}
+#: engine stage names in a pathologist's words
+STAGE_WORDS = {"features": "reading the tissue image", "context": "reading the tissue around the spots",
+               "predicting": "predicting"}
 
 
 def stepwise(work: Callable[[Report], T], cancel: threading.Event) -> Generator[Progress, None, T]:
@@ -156,16 +170,19 @@ def load_model_steps(model: str | Path | TrainedModel, section: Section | None,
     from napari_dkan.features import load_encoder
 
     if not isinstance(model, TrainedModel):
-        yield Progress("loading model", 0, 0)
+        yield Progress("loading the model", 0, 0)
         model = TrainedModel.load(model)
     measured = None
     if section is not None:
-        yield Progress("finding spots", 0, 0)
+        yield Progress("finding the spots", 0, 0)
         _ = section.spots
         if section.has_counts:
-            yield Progress("reading measured expression", 0, 0)
+            yield Progress("reading the measured expression", 0, 0)
             measured = measured_expression(section, model.panel, smoothing=model.smoothing)
-    yield Progress("checking the image encoder", 0, 0)
+    yield Progress("reading the model's reliability and calibration", 0, 0)
+    _ = model.trust  # read here, off the GUI thread (older runs: every part absent)
+    import scipy.spatial  # noqa: F401 - the out-of-domain check's import, not mid-prediction
+    yield Progress("preparing the image model", 0, 0)  # builds the image encoder once
     from napari_dkan.devices import resolve_device
     from napari_dkan.features.runtimes import AUTO, LABELS, TORCH
 
@@ -205,6 +222,12 @@ class PredictResult:
     cached: bool
     seconds: float
     device: str
+    #: intervals and out-of-domain check (None when the model carries neither)
+    trust: SpotTrust | None = None
+    #: the field of view that was predicted (level-0 pixels); None: all spots
+    box: PixelBox | None = None
+    #: predicted values below the target space's floor, shown (and exported) at the floor
+    clipped: int = 0
 
 
 #: sections with at least this many spots are predicted progressively (see engine.progressive)
@@ -229,7 +252,19 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
     model, section = request.model, request.section
     yield Progress("finding spots", 0, 0)  # a slide alone detects its tissue here
 
-    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str]:
+    def work(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, SpotTrust | None]:
+        index, values, cached, device, data = predict_values(report)
+        trust = model.trust
+        if trust.calibration is None and trust.domain is None:
+            return index, values, cached, device, None
+        if data is None:  # from the prediction cache: the features come from the feature cache
+            subset = section if request.box is None else with_spots(section, index)
+            data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device)
+        from napari_dkan.engine.trust import assess
+
+        return index, values, cached, device, assess(trust, values, data.patch_feat)
+
+    def predict_values(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, Any]:
         spots = section.spots
         if request.box is None:
             index, subset = np.arange(len(spots)), section
@@ -241,11 +276,11 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         device = describe_device(request.device)
         if hit is not None:
             report("predicting", len(index), len(index))
-            return index, hit, True, device
+            return index, hit, True, device, None
         if request.box is None and len(spots) >= PROGRESSIVE_MIN_SPOTS:
             values = _progressively(request, report, cancel)
             cache.put(key, values)
-            return index, values, False, device
+            return index, values, False, device, None
         data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device,
                                   progress=lambda d, t: report("features", d, t))
         values = model.predict(data, device=request.device, cancel=cancel,
@@ -253,11 +288,13 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         if cancel.is_set():  # finished between two checks: the user no longer wants it
             raise Cancelled("prediction cancelled")
         cache.put(key, values)
-        return index, values, False, device
+        return index, values, False, device, data
 
-    index, values, cached, device = yield from stepwise(work, cancel)
+    index, values, cached, device, trust = yield from stepwise(work, cancel)
+    values, clipped = clip_to_floor(values)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
-    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device)
+    return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device,
+                         trust, request.box, clipped)
 
 
 def _progressively(request: PredictRequest, report: Callable[..., None],

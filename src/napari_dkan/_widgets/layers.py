@@ -9,6 +9,12 @@ settings between layers, so it is done here); the residual uses a diverging colo
 symmetric limits.  Side-by-side view uses napari's grid with stride 2: each overlay is paired
 with a slide layer (a twin sharing the slide's pyramid for all but the first), so every
 panel shows its spots over the tissue.
+
+What the colours mean is drawn on the canvas with the layers (see
+:mod:`~napari_dkan._widgets.canvas_text`): each layer's panel is titled with the gene and what
+it shows ("ERBB2 · measured"), and a title above the colorbar gives the gene, the quantity and
+the colour scale in use.  A field-of-view prediction is outlined by a rectangle (a Shapes
+layer) and its spots are ringed, so they do not blend into the measured spots under them.
 """
 
 from __future__ import annotations
@@ -17,13 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from napari_dkan._widgets.expression import spot_features
+from napari_dkan._widgets.canvas_text import set_layer_text
+from napari_dkan._widgets.colour_scales import colorbar_title, panel_title, residual_title
+from napari_dkan._widgets.expression import COLOUR_VALUE, spot_features
+from napari_dkan._widgets.hover import spot_hover
+from napari_dkan._widgets.layer_controls import hide_colour_controls
 from napari_dkan._widgets.session import RESIDUAL_COLORMAP, SpotSession
 from napari_dkan._widgets.sources import META_KEY
 from napari_dkan._widgets.spots_layer import SpotsLayer
 
 MEASURED, PREDICTED, RESIDUAL, TWIN = "measured", "predicted", "residual", "slide twin"
+AREA = "predicted area"
 ROLES = (MEASURED, PREDICTED, RESIDUAL)
+#: keys of the canvas texts in a layer's overlays
+TITLE, COLORBAR_TITLE = "napari_dkan_title", "napari_dkan_colorbar_title"
+#: a partly predicted section: predicted spots get a ring of this colour and relative width
+RING_COLOR, RING_WIDTH = "white", 0.12
+AREA_COLOR = "#ffd54f"
 
 
 def role_of(layer: Any) -> str | None:
@@ -42,6 +58,9 @@ class LayerBuilder:
         self._layers: dict[str, SpotsLayer] = {}
         self._made_from: dict[str, tuple] = {}
         self._twins: list[Any] = []
+        self._area: Any = None
+        self._area_hidden_by_grid = False
+        self._fitted = False
         session.values_changed.connect(self._on_values)
         session.gene_changed.connect(self.recolor)
         session.display_changed.connect(self.recolor)
@@ -109,6 +128,9 @@ class LayerBuilder:
             return
         self._made_from[role] = inputs
         features = spot_features(self.session.section.spots.spot_id, self.session.genes, values)
+        # the colour column must exist when the table is set: napari keeps a row of defaults
+        # per column, and colouring by a column added later fails
+        features[COLOUR_VALUE] = np.float32(np.nan)
         if layer is None:
             layer = self._adopt_or_add(role, features)
         else:
@@ -135,9 +157,12 @@ class LayerBuilder:
         layer = SpotsLayer(
             np.column_stack([spots.y, spots.x]), features=features, size=diameter,
             scale=mpp_scale, translate=translate, units=units, border_width=0,
-            opacity=0.9 if role != RESIDUAL else 1.0,
+            border_width_is_relative=True, opacity=0.9 if role != RESIDUAL else 1.0,
             name=f"{self.session.section.name} · {role}", metadata={META_KEY: self._metadata(role)},
         )
+        layer.text.visible = False  # no text labels: napari's "display text" box must say so
+        session = self.session
+        layer.hover = lambda index: spot_hover(session, index)
         old = self._reader_layer(role)
         if old is not None:
             index = self.viewer.layers.index(old)
@@ -146,6 +171,9 @@ class LayerBuilder:
             self.viewer.layers.insert(index, layer)
         else:
             self.viewer.add_layer(layer)
+        hide_colour_controls(self.viewer, layer)
+        # the colorbar follows what is shown (the eye icon too): hidden layers show no scale
+        layer.events.visible.connect(lambda _event: self._update_colorbars())
         self._layers[role] = layer
         return layer
 
@@ -153,7 +181,9 @@ class LayerBuilder:
         wanted = self.session.source.to_metadata()
         for layer in self.viewer.layers:
             meta = (layer.metadata or {}).get(META_KEY, {})
-            if meta.get("role") == role and meta.get("source") == wanted and not isinstance(layer, SpotsLayer):
+            saved_prediction = role == PREDICTED and "saved" in meta  # it stays as it is
+            if (meta.get("role") == role and meta.get("source") == wanted and not saved_prediction
+                    and not isinstance(layer, SpotsLayer)):
                 return layer
         return None
 
@@ -164,7 +194,7 @@ class LayerBuilder:
         scale = tuple(meta.get("pixel_scale") or tuple(slide.scale[-2:]))
         return scale, tuple(slide.translate[-2:]), tuple(slide.units[-2:])
 
-    # -- colours -------------------------------------------------------------------------------
+    # -- colours ---------------------------------------------------------------------------------
     def recolor(self, *_: Any) -> None:
         s = self.session
         gene = s.gene
@@ -178,7 +208,12 @@ class LayerBuilder:
             values = layer.features[gene].to_numpy()
             layer.metadata[META_KEY]["gene"] = gene
             layer.shown = np.isfinite(values)
-            layer.face_color = gene
+            if role == RESIDUAL:
+                shown = values
+            else:
+                shown = s.shown_values(s.measured if role == MEASURED else s.predicted)
+            layer.features[COLOUR_VALUE] = np.asarray(shown, dtype=np.float32)
+            layer.face_color = COLOUR_VALUE
             if role == RESIDUAL:
                 layer.face_colormap = RESIDUAL_COLORMAP
                 layer.face_contrast_limits = s.residual_limits()
@@ -186,17 +221,51 @@ class LayerBuilder:
                 layer.face_colormap = s.display.colormap
                 layer.face_contrast_limits = limits
             layer.refresh_colors(update_color_mapping=False)
+            if role == PREDICTED:
+                self._ring_partial_prediction(layer)
         self._update_colorbars()
 
+    def _ring_partial_prediction(self, layer: SpotsLayer) -> None:
+        """Ring the predicted spots when only some are: they must not blend into the measured."""
+        s = self.session
+        partial = s.predicted is not None and len(s.predicted) < s.n_spots
+        width = RING_WIDTH if partial else 0.0
+        if not np.allclose(layer.border_width, width):
+            layer.border_color = RING_COLOR
+            layer.border_width = width
+
+    def has_values(self, role: str) -> bool:
+        layer = self.layer(role)
+        return layer is not None and bool(np.any(layer.shown))
+
     def _update_colorbars(self) -> None:
-        """One colorbar for the shared scale (predicted, else measured), one for the residual."""
-        shared = self.layer(PREDICTED) or self.layer(MEASURED)
+        """One colorbar for the shared scale (predicted, else measured), one for the residual;
+        each layer's panel titled with the gene and what it shows."""
+        s = self.session
+        gene = s.gene or ""
+        filled = [self.layer(r) for r in (PREDICTED, MEASURED) if self.has_values(r)]
+        # the shown one's (after the flip, measured alone is shown), predicted when both are
+        shared = next((layer for layer in filled if layer.visible), filled[0] if filled else None)
         for role in ROLES:
             layer = self.layer(role)
             if layer is None:
                 continue
-            show = layer is shared or (role == RESIDUAL and layer.visible)
+            filled = self.has_values(role)
+            show = filled and (layer is shared or (role == RESIDUAL and layer.visible))
             layer.face_colorbar.visible = show
+            if role == RESIDUAL:
+                bar_title = residual_title(gene)
+                title = panel_title(gene, "predicted − measured")
+            else:
+                d = s.display
+                bar_title = colorbar_title(f"{gene} ({s.section.name})", d.scale,
+                                           d.low_percentile, d.high_percentile)
+                title = panel_title(gene, role)
+                if role == PREDICTED and s.predicted is not None and len(s.predicted) < s.n_spots:
+                    title += f" ({len(s.predicted)} of {s.n_spots} spots)"
+            set_layer_text(layer, TITLE, title, visible=filled, position="top_left")
+            set_layer_text(layer, COLORBAR_TITLE, bar_title, visible=show, position="top_right",
+                           font_size=10)
 
     def set_residual_visible(self, visible: bool) -> None:
         self.show_residual = visible
@@ -221,10 +290,12 @@ class LayerBuilder:
         grid = self.viewer.canvas.grid
         overlays = [lyr for lyr in (self.layer(MEASURED), self.layer(PREDICTED), self.layer(RESIDUAL))
                     if lyr is not None and lyr.visible]
-        for role in ROLES:  # each panel says what it shows
-            layer = self.layer(role)
-            if layer is not None:
-                layer.name_overlay.visible = enabled
+        area = self.area_layer()
+        if area is not None:  # a grid cell of its own otherwise; each panel shows its spots
+            if enabled and area.visible:
+                area.visible, self._area_hidden_by_grid = False, True
+            elif not enabled and self._area_hidden_by_grid:
+                area.visible, self._area_hidden_by_grid = True, False
         if not enabled or len(overlays) < 2:
             self._drop_twins(0)
             was_on = grid.enabled
@@ -261,16 +332,101 @@ class LayerBuilder:
     def fit_to_spots(self, margin: float = 0.05) -> None:
         """Centre the camera on the section's spots (the tissue) and zoom so they fill a panel."""
         layer = self.layer(MEASURED) or self.layer(PREDICTED)
-        if layer is None or len(layer.data) == 0:
-            self.viewer.reset_view()
-            return
-        world = np.array([layer.data_to_world(p)[-2:] for p in (layer.data.min(0), layer.data.max(0))])
-        lo, hi = world.min(axis=0), world.max(axis=0)
-        lo, hi = lo - layer.size.max() * layer.scale[-2:], hi + layer.size.max() * layer.scale[-2:]
+        if layer is not None and len(layer.data):
+            ends = [layer.data_to_world(p)[-2:] for p in (layer.data.min(0), layer.data.max(0))]
+            pad = layer.size.max() * np.abs(layer.scale[-2:])
+        else:
+            spots = self._known_spots()
+            if spots is None or len(spots) == 0:
+                self.viewer.reset_view()
+                return
+            scale, translate, _ = self._pixel_frame()
+            px = [np.array([spots.y.min(), spots.x.min()]), np.array([spots.y.max(), spots.x.max()])]
+            ends = [p * np.asarray(scale) + np.asarray(translate) for p in px]
+            diameter = spots.diameter_px or spots.diameter_um / float(self.session.section.mpp)
+            pad = diameter * np.abs(np.asarray(scale))
+        world = np.array(ends, dtype=float)
+        lo, hi = world.min(axis=0) - pad, world.max(axis=0) + pad
+        self._fitted = True
         camera = self.viewer.scene.camera
-        camera.center = tuple((lo + hi) / 2)
         panel = np.asarray(self.viewer.canvas.viewbox_size(self.viewer.layers), dtype=float)
-        camera.zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+        zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+        camera.center = tuple(self._inside_slide((lo + hi) / 2, panel / zoom))
+        camera.zoom = zoom
+
+    def _inside_slide(self, centre: np.ndarray, shown: np.ndarray) -> np.ndarray:
+        """Move the view's centre so the view stays on the slide where the slide is larger than
+        the view (no band of empty canvas beside the tissue when the spots sit near an edge)."""
+        extent = np.asarray(self.slide_layer.extent.world, dtype=float)[:, -2:]
+        lo, hi = extent.min(axis=0), extent.max(axis=0)
+        half = shown / 2
+        room = (hi - lo) > shown
+        clamped = np.clip(centre, lo + half, hi - half)
+        return np.where(room, clamped, centre)
+
+    def _known_spots(self) -> Any:
+        """The section's spots when reading them is cheap (a dataset), else None (a lattice
+        needs tissue detection: not on the GUI thread)."""
+        section = self.session.section
+        if self.session.source.section is None and "spots" not in vars(section):
+            return None
+        try:
+            return section.spots
+        except Exception:  # noqa: BLE001 - a view fit is never worth an error
+            return None
+
+    def fit_once(self) -> None:
+        """Fit the view to the tissue's spots the first time they are known (slides open with
+        the tissue filling a fraction of the canvas)."""
+        if not self._fitted and not self.grid:
+            if self.layer(MEASURED) is not None or self._known_spots() is not None:
+                self.fit_to_spots()
+
+    # -- measured ↔ predicted -----------------------------------------------------------------
+    def flip(self) -> str | None:
+        """Show predicted where measured was shown and back; returns the role now shown."""
+        measured, predicted = self.layer(MEASURED), self.layer(PREDICTED)
+        if measured is None or predicted is None:
+            return None
+        show_predicted = not predicted.visible or measured.visible
+        predicted.visible, measured.visible = show_predicted, not show_predicted
+        self._update_colorbars()
+        return PREDICTED if show_predicted else MEASURED
+
+    # -- field of view -------------------------------------------------------------------------
+    def area_layer(self) -> Any:
+        if self._area is not None and self._area not in self.viewer.layers:
+            self._area = None
+        return self._area
+
+    def show_predicted_area(self, box: Any) -> None:
+        """Outline the field of view a prediction covered (``box`` in level-0 pixels; None:
+        every spot was predicted, nothing to outline)."""
+        area = self.area_layer()
+        if box is None:
+            if area is not None:
+                self.viewer.layers.remove(area)
+                self._area = None
+            return
+        from napari.layers import Shapes
+
+        corners = np.array([[box.y0, box.x0], [box.y0, box.x1], [box.y1, box.x1], [box.y1, box.x0]])
+        width = 0.006 * max(box.x1 - box.x0, box.y1 - box.y0)
+        if area is None:
+            scale, translate, units = self._pixel_frame()
+            area = Shapes([corners], shape_type="rectangle", edge_color=AREA_COLOR,
+                          face_color="transparent", edge_width=width, scale=scale,
+                          translate=translate, units=units,
+                          name=f"{self.session.section.name} · {AREA}",
+                          metadata={META_KEY: {"role": AREA}})
+            self.viewer.add_layer(area)
+            self._area = area
+        else:
+            area.data = [corners]
+            area.edge_width = [width]
+            area.edge_color = AREA_COLOR
+        area.visible = not self.grid
+        self._area_hidden_by_grid = self.grid
 
     def _add_twin(self) -> Any:
         from napari.layers import Image

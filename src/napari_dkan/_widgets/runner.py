@@ -5,6 +5,10 @@ starts one job at a time with napari's ``create_worker`` (quiet jobs, such as li
 may run beside it and show nothing), shows each :class:`~napari_dkan._widgets.jobs.Progress`,
 and turns failures into napari notifications: :class:`~napari_dkan.io.errors.DataError` as its
 message, anything else with the exception logged.
+
+Closing the viewer deletes the dock's widgets while a job may still run.  The runner then
+cancels the job (when its progress bar is destroyed) and its slots, still called as the
+worker winds down, touch no deleted widget: no "Internal C++ object already deleted".
 """
 
 from __future__ import annotations
@@ -36,8 +40,28 @@ class JobRunner:
         self.what = ""
         self.cancel_event = threading.Event()
         self._failed = self._settled = False
+        self.closed = False
         cancel_button.setEnabled(False)
         cancel_button.clicked.connect(self.cancel)
+        # the viewer (or the dock) is going: stop the job, and show nothing more
+        progress.destroyed.connect(lambda *_: self.shutdown())
+
+    def shutdown(self) -> None:
+        """Cancel the running job and stop touching the widgets (they are being deleted)."""
+        self.closed = True
+        self.cancel_event.set()
+
+    def _alive(self) -> bool:
+        """False once the widgets are gone (the viewer closed under a running job)."""
+        if self.closed:
+            return False
+        try:
+            self.progress.objectName()
+            self.status.objectName()
+        except RuntimeError:  # the C++ object is deleted
+            self.shutdown()
+            return False
+        return True
 
     @property
     def busy(self) -> bool:
@@ -56,17 +80,21 @@ class JobRunner:
         """
         from napari.qt.threading import create_worker
 
+        if self.closed:
+            steps.close()
+            return None
         if self.busy and not quiet:
             show_warning(f"wait for {self.what} to finish, or cancel it")
             steps.close()
             return None
         worker = create_worker(_drive, steps, _ignore_errors=True)
         if on_yield is not None:
-            worker.yielded.connect(on_yield)
+            worker.yielded.connect(lambda item: on_yield(item) if self._alive() else None)
         if on_finished is not None:
-            worker.finished.connect(on_finished)
+            worker.finished.connect(lambda: on_finished() if self._alive() else None)
         if quiet:
-            worker.returned.connect(lambda r: self._report(what, r.error) if isinstance(r, _Failure)
+            worker.returned.connect(lambda r: None if not self._alive() else
+                                    self._report(what, r.error) if isinstance(r, _Failure)
                                     else on_return(r))
             worker.start()
             return worker
@@ -95,22 +123,24 @@ class JobRunner:
 
     def _settle(self, on_return: Callable[[Any], None], result: Any) -> None:
         self._settled = True
-        on_return(result)
+        if self._alive():
+            on_return(result)
 
     def _on_progress(self, step: Progress) -> None:
-        if self.cancel_event.is_set():
-            return  # reports still queued when the user cancelled
+        if self.cancel_event.is_set() or not self._alive():
+            return  # reports still queued when the user cancelled, or the dock is gone
         if step.total > 0:
             self.progress.setRange(0, step.total)
             self.progress.setValue(step.done)
-            self.progress.setFormat(f"{step.stage} %v/%m {step.unit}".rstrip())
+            self.progress.setFormat(f"{getattr(step, 'label', step.stage)} %v/%m {step.unit}".rstrip())
         else:
             self.progress.setRange(0, 0)
         self.status.setText(step.text)
 
     def _on_error(self, what: str, exc: BaseException) -> None:
         self._failed = self._settled = True
-        self._report(what, exc)
+        if self._alive():
+            self._report(what, exc)
 
     def _report(self, what: str, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
@@ -127,6 +157,8 @@ class JobRunner:
         if not self._settled:  # aborted from napari's activity panel: no result, no error
             self._on_error(self.what, Cancelled())
         self.worker = None
+        if not self._alive():
+            return
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)

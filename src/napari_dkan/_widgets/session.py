@@ -8,11 +8,19 @@ about napari or Qt, so tests can drive it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from psygnal import Signal
 
+from napari_dkan._widgets.colour_scales import (
+    Z_RANGE,
+    ColourScale,
+    fixed_limits,
+    percentile_limits,
+    z_scores,
+)
 from napari_dkan._widgets.expression import Expression
 from napari_dkan._widgets.sources import SectionSource
 from napari_dkan.io.errors import DataError
@@ -28,11 +36,12 @@ RESIDUAL_COLORMAP = "PiYG"  # diverging: the sign of the error reads at a glance
 
 @dataclass(frozen=True)
 class Display:
-    """How values become colours: a colormap and percentile contrast limits."""
+    """How values become colours: a colormap, a colour scale and its percentiles."""
 
     colormap: str = "viridis"
     low_percentile: float = 1.0
     high_percentile: float = 99.0
+    scale: ColourScale = ColourScale.PER_GENE
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
@@ -150,10 +159,30 @@ class SpotSession:
         """Predicted − measured over every spot (NaN where either is missing)."""
         return self.gene_values(self.predicted, gene) - self.gene_values(self.measured, gene)
 
+    def shown_values(self, which: Expression | None, gene: str | None = None) -> np.ndarray:
+        """What the colours show over every spot: the values, or their z-scores (see the scale)."""
+        values = self.gene_values(which, gene)
+        return z_scores(values) if self.display.scale is ColourScale.Z_SCORE else values
+
     def contrast_limits(self) -> tuple[float, float]:
-        """Shared limits of predicted and measured: percentiles over both sources' values."""
+        """Shared limits of predicted and measured, by the display's colour scale."""
+        d = self.display
+        if d.scale is ColourScale.Z_SCORE:
+            return (-Z_RANGE, Z_RANGE)
+        if d.scale is ColourScale.FIXED:
+            return fixed_limits(self._all_values(), d.high_percentile)
         both = np.concatenate([self.gene_values(self.predicted), self.gene_values(self.measured)])
-        return percentile_limits(both, self.display.low_percentile, self.display.high_percentile)
+        return percentile_limits(both, d.low_percentile, d.high_percentile)
+
+    def _all_values(self) -> np.ndarray:
+        """Every value of every gene of both sources (cached until either changes)."""
+        key = getattr(self, "_all_key", (None, None, None))
+        if key[0] is not self.measured or key[1] is not self.predicted:
+            parts = [e.values.ravel() for e in (self.measured, self.predicted) if e is not None]
+            key = (self.measured, self.predicted,
+                   np.concatenate(parts) if parts else np.empty(0, np.float32))
+            self._all_key = key
+        return key[2]
 
     def residual_limits(self) -> tuple[float, float]:
         """Symmetric limits (±m) so zero error sits at the colormap's centre."""
@@ -190,15 +219,9 @@ class SpotSession:
             measured = self.measured.full(self.n_spots)[self.predicted.spot_index]
         adata = to_anndata(self.model, self.section, self.predicted.values, measured=measured,
                            spot_index=self.predicted.spot_index)
-        adata.uns["napari_dkan"]["source"] = self.source.to_metadata()
+        source = self.source.to_metadata()
+        for key in ("path", "image"):  # absolute, so the file opens from anywhere
+            if key in source:
+                source[key] = str(Path(source[key]).resolve())
+        adata.uns["napari_dkan"]["source"] = source
         return adata
-
-
-def percentile_limits(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return (0.0, 1.0)
-    lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
-    if not hi > lo:  # a constant gene: widen so the colormap stays defined
-        lo, hi = lo - 0.5, hi + 0.5
-    return (lo, hi)

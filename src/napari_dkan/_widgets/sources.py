@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from napari_dkan.io.dataset import Section
-from napari_dkan.io.errors import DataError
 
 META_KEY = "napari_dkan"
 
@@ -30,7 +29,7 @@ class SectionSource:
 
     def open(self) -> Section:
         """The section (cheap: spots and counts load on first use)."""
-        from napari_dkan.io.dataset import open_dataset
+        from napari_dkan.io.formats import open_dataset
 
         ds = open_dataset(self.path, image=self.image, mpp=self.mpp)
         if self.section is None:
@@ -39,7 +38,9 @@ class SectionSource:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.path).name}::{self.section}" if self.section else Path(self.path).name
+        """In words: "section C2 of her2st", or "slide CMU-1.svs"."""
+        name = Path(self.path).name
+        return f"section {self.section} of {name}" if self.section else f"slide {name}"
 
     def to_metadata(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -59,13 +60,3 @@ def source_of_layer(layer: Any) -> SectionSource | None:
     if path and Path(path).is_file():
         return SectionSource(path=str(path))
     return None
-
-
-def require_source(layer: Any) -> SectionSource:
-    source = source_of_layer(layer)
-    if source is None:
-        raise DataError(
-            f"layer {getattr(layer, 'name', layer)!r} does not come from a file this plugin can "
-            "reopen: open the slide or dataset with File ▸ Open (napari-dkan reader)"
-        )
-    return source

@@ -1,14 +1,18 @@
-"""Spots as a napari Points layer whose hover names the spot and the current gene's value.
+"""Spots as a napari Points layer whose hover says what a pathologist needs of a spot.
 
 A layer holds one feature column per gene (the whole panel, so colouring by another gene is a
 property change, not a new layer).  napari's Points status and tooltip list *every* feature of
-the hovered point — 250 genes — so :class:`SpotsLayer` narrows them to the spot id and the
-value of the gene the dock shows.  It overrides ``Points._get_properties``, the one hook both
-the status bar and the tooltip use (napari 0.9); a test guards the override.
+the hovered point — 250 genes — after its index and the cursor position in bare numbers; a
+:class:`SpotsLayer` shows instead the lines of its :attr:`SpotsLayer.hover` function (the layer
+builder sets one from :func:`~napari_dkan._widgets.hover.spot_hover`: the spot, its place in
+µm, measured / predicted / residual values of the gene shown) and the cursor in µm.  It
+overrides ``Points.get_status`` and ``Points._get_properties`` (napari 0.9: the status bar and
+the tooltip); a test guards the override.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,22 +25,58 @@ from napari_dkan._widgets.sources import META_KEY
 class SpotsLayer(Points):
     """Points with per-gene features; see the module docstring for the hover text."""
 
+    #: the hover lines of a spot (by index), set by the layer builder; None: id and gene value
+    hover: Callable[[int], list[str]] | None = None
+
     @property
     def _type_string(self) -> str:
         # napari names a layer type after its class; writers, saving and copying must still
         # see a points layer
         return "points"
 
+    def _spot_at(self, position: Any, **kwargs: Any) -> int | None:
+        index = self.get_value(position, **kwargs)
+        if index is None or not 0 <= index < len(self.data) or not self.shown[index]:
+            return None  # napari picks hidden points too
+        return int(index)
+
     def _get_properties(self, position: Any, *, view_direction: Any = None,
                         dims_displayed: Any = None, world: bool = False) -> list[str]:
-        index = self.get_value(position, view_direction=view_direction,
-                               dims_displayed=dims_displayed, world=world)
-        if index is None or not 0 <= index < len(self.data) or not self.shown[index]:
-            return []  # napari picks hidden points too
-        return hover_lines(self.features, int(index), self.metadata.get(META_KEY, {}))
+        index = self._spot_at(position, view_direction=view_direction,
+                              dims_displayed=dims_displayed, world=world)
+        if index is None:
+            return []
+        if self.hover is not None:
+            return self.hover(index)
+        return hover_lines(self.features, index, self.metadata.get(META_KEY, {}))
+
+    def get_status(self, position: Any = None, *, view_direction: Any = None,
+                   dims_displayed: Any = None, world: bool = False) -> dict:
+        status = dict(self._get_source_info())
+        if position is None:
+            status.update(coordinates="", coords="", value="")
+            return status
+        world_position = np.asarray(position, dtype=float)
+        if not world:
+            world_position = np.asarray(self.data_to_world(world_position), dtype=float)
+        y, x = world_position[-2:]
+        unit = _unit_text(self.units[-1])
+        coords = f"x {x:,.0f} {unit}, y {y:,.0f} {unit}"
+        lines = self._get_properties(position, view_direction=view_direction,
+                                     dims_displayed=dims_displayed, world=world)
+        value = " · ".join(lines)
+        status.update(coordinates=f"{coords}: {value}" if value else coords, coords=coords,
+                      value=value)
+        return status
+
+
+def _unit_text(unit: Any) -> str:
+    text = str(unit)
+    return {"micrometer": "µm", "pixel": "px"}.get(text, text)
 
 
 def hover_lines(features: Any, index: int, meta: dict[str, Any]) -> list[str]:
+    """Without a session: the spot id and the value of the layer's gene."""
     lines = []
     if SPOT_ID in features:
         lines.append(f"spot {features[SPOT_ID].iloc[index]}")
@@ -44,5 +84,9 @@ def hover_lines(features: Any, index: int, meta: dict[str, Any]) -> list[str]:
     if gene and gene in features:
         value = features[gene].iloc[index]
         what = f"{gene} ({meta['role']})" if meta.get("role") else gene
-        lines.append(f"{what}: {value:.3f}" if np.isfinite(value) else f"{what}: n/a")
+        half = meta.get("halfwidth")  # the current gene's interval half-width per spot
+        pm = ""
+        if half is not None and index < len(half) and np.isfinite(half[index]):
+            pm = f" ± {half[index]:.3f}"
+        lines.append(f"{what}: {value:.3f}{pm}" if np.isfinite(value) else f"{what}: n/a")
     return lines

@@ -16,10 +16,10 @@ from typing import Any
 
 import napari
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from napari_dkan._widgets.curves import TrainingCurves
+from napari_dkan._widgets.curves import PlotTheme, TrainingCurves
+from napari_dkan._widgets.dock_layout import place_in_scroll_area, tabify_with_siblings
 from napari_dkan._widgets.recent_models import RECENT_MODELS, RecentModels
 from napari_dkan._widgets.runner import JobRunner
 from napari_dkan._widgets.sources import source_of_layer
@@ -61,6 +61,7 @@ class TrainingDock(QWidget):
         self.history: list[EpochRecord] = []
         self.last_progress: TrainingProgress | None = None
         self.outcome: TrainingOutcome | None = None
+        self._clock: tuple[float, int] | None = None  # (time, steps done) when training began
         self._quiet_jobs = 0
         self._want_section: str | None = None
         self._build_ui()
@@ -68,6 +69,7 @@ class TrainingDock(QWidget):
         self._connect()
         self._start_quiet(engine_info_steps(), self._engine_ready, "checking devices")
         self._prefill_from_layers()
+        tabify_with_siblings(self)  # a tab beside the prediction dock, with the whole height
 
     # -- UI ------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -83,7 +85,9 @@ class TrainingDock(QWidget):
         self.problems.setWordWrap(True)
         self.problems.setStyleSheet(PROBLEM_STYLE)
         self.problems.setVisible(False)
-        self.curves = TrainingCurves()
+        self.curves = TrainingCurves(theme=PlotTheme.of_napari(str(getattr(self.viewer, "theme", "dark"))))
+        self.estimate = QLabel("", toolTip="from the time the epochs so far took; training may stop "
+                               "earlier when the agreement on held-out spots stops improving")
         self.result = QLabel("")
         self.result.setWordWrap(True)
         buttons = QHBoxLayout()
@@ -93,17 +97,11 @@ class TrainingDock(QWidget):
         layout = QVBoxLayout(inner)
         layout.addWidget(self.form)
         layout.addLayout(buttons)
-        for w in (self.progress, self.status, self.problems, self.curves, self.result):
+        for w in (self.progress, self.status, self.estimate, self.problems, self.curves, self.result):
             layout.addWidget(w)
         layout.addStretch(1)
         # the form is taller than a laptop's dock area: scroll vertically, never sideways
-        scroll = QScrollArea(widgetResizable=True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(inner)
-        scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        place_in_scroll_area(self, inner)
 
     def _connect(self) -> None:
         self.form.data_changed.connect(self.read_dataset)
@@ -193,7 +191,9 @@ class TrainingDock(QWidget):
         self.last_progress = None
         if not check_only:
             self.history = []
-            self.curves.clear()
+            self.curves.clear(planned_epochs=request.epochs)
+            self._clock = None
+        self.estimate.setText("")
         self.check_button.setEnabled(False)
         worker = self.runner.start(training_steps(request, cancel, check_only), self._ended,
                                    "checking the inputs" if check_only else "training", cancel=cancel,
@@ -207,11 +207,29 @@ class TrainingDock(QWidget):
         if not isinstance(item, TrainingProgress):
             return
         self.last_progress = item
+        self._estimate_time(item)
         if item.base_val_pcc is not None:
             self.curves.set_base(item.base_val_pcc)
         if item.epoch is not None:
             self.history = [r for r in self.history if r.epoch < item.epoch.epoch] + [item.epoch]
             self.curves.add_epoch(item.epoch)
+
+    def _estimate_time(self, item: TrainingProgress) -> None:
+        """Time left, from the pace of the training steps so far (shown once there is a pace)."""
+        import time
+
+        if item.stage != "training" or item.total <= 0:
+            return
+        now = time.perf_counter()
+        if self._clock is None:
+            self._clock = (now, item.done)
+            return
+        t0, done0 = self._clock
+        if item.done <= done0 or now - t0 < 1.0:
+            return
+        left = (now - t0) / (item.done - done0) * (item.total - item.done)
+        self.estimate.setText(f"about {format_duration(left)} left at most" if item.done < item.total
+                              else "")
 
     def _cancelling(self) -> None:
         if self.runner.busy:
@@ -232,6 +250,7 @@ class TrainingDock(QWidget):
         kind = "fine-tuned" if result.model.config.get("fine_tuned_from") else "trained"
         self.registry.add(result.run_dir, f"{kind}{' (cancelled)' if cancelled else ''}: {result.run_dir.name}")
         self.status.setText(result.summary)
+        self.estimate.setText(gain_text(result.best_val_pcc, result.base_val_pcc))
         self.result.setText(f"saved: {result.run_dir} — choose it in the prediction dock's model list")
         show_info(f"napari-dkan: {result.summary}")
 
@@ -251,3 +270,24 @@ class TrainingDock(QWidget):
     def closeEvent(self, event: Any) -> None:
         self.runner.cancel()
         super().closeEvent(event)
+
+
+def format_duration(seconds: float) -> str:
+    """"40 s", "3 min", "1 h 10 min"."""
+    if seconds < 60:
+        return f"{max(5, round(seconds / 5) * 5):.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def gain_text(best: float | None, base: float | None) -> str:
+    """The result in words: the best agreement, and its change over the base model's."""
+    if best is None:
+        return ""
+    text = f"best agreement on held-out spots r = {best:.3f}"
+    if base is not None:
+        change = best - base
+        size = "a small" if abs(change) < 0.02 else "a clear"
+        way = "gain" if change > 0 else "loss"
+        text += f" ({change:+.3f} over the base model's {base:.3f}: {size} {way})"
+    return text

@@ -135,7 +135,8 @@ class TrainingForm(QWidget):
         self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced = QWidget()
         self.epochs = QSpinBox(minimum=1, maximum=10_000, value=100, toolTip=(
-            "passes over the training spots; the best epoch by validation PCC is kept. Default: "
+            "passes over the training spots; the best epoch by agreement on the held-out spots "
+            "(validation PCC) is kept. Default: "
             f"the preset's from scratch; the base run's, at most {FINE_TUNE_MAX_EPOCHS}, when fine-tuning"))
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4, value=5e-4,
                                  toolTip=("Adam learning rate. Default: the preset's from scratch; "
@@ -170,7 +171,7 @@ class TrainingForm(QWidget):
         form.addRow("start from", self.base)
         form.addRow("run", self.base_run)
         form.addRow("preset", self.preset)
-        form.addRow("encoder", self.encoder)
+        form.addRow("image model", self.encoder)
         self._model_form = form
         panel = QGroupBox("Gene panel")
         rows = QVBoxLayout(panel)
@@ -234,10 +235,16 @@ class TrainingForm(QWidget):
         self.section.clear()
         self.validation.clear()
         self.validation.addItem(SPATIAL_BLOCK, None)
-        for info in sections:
-            if info.has_counts:
-                self.section.addItem(info.label, info.name)
-                self.validation.addItem(info.label, info.name)
+        # trainable sections first; the others listed after them, greyed out, saying why not
+        usable = [i for i in sections if i.has_counts and i.has_image]
+        unusable = [i for i in sections if i.has_counts and not i.has_image]
+        for combo in (self.section, self.validation):
+            for info in usable:
+                combo.addItem(info.label, info.name)
+            for info in unusable:
+                combo.addItem(info.label, info.name)
+                _disable_last(combo, "no image of this section: the model learns from the tissue "
+                              "image, so it can neither train nor validate on it")
         for combo, value in ((self.section, keep), (self.validation, keep_val)):
             index = combo.findData(value)
             if index >= 0:
@@ -278,6 +285,17 @@ class TrainingForm(QWidget):
             path, k = root / f"{name}-{k}", k + 1
         self._suggested = str(path)
         self.output.edit.setText(self._suggested)
+
+
+def _disable_last(combo: QComboBox, why: str) -> None:
+    """Grey out the combo's last entry (it stays listed, with ``why`` as its tooltip)."""
+    from qtpy.QtGui import QStandardItemModel
+
+    model = combo.model()
+    if isinstance(model, QStandardItemModel):
+        item = model.item(combo.count() - 1)
+        item.setEnabled(False)
+        item.setToolTip(why)
 
 
 def _arrow(open_: bool) -> Qt.ArrowType:

@@ -86,6 +86,8 @@ class TrainingPlan:
     panel: list[str]
     spec: RunSpec
     run_dir: Path
+    #: what training will do to the output folder (new, resumed, already finished), said up front
+    output_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,14 +160,18 @@ def check_request(request: TrainingRequest) -> CheckResult:
             spec = run_spec(request, base)
         except DataError as exc:
             problems.append(str(exc))
+    note = ""
+    if not problems and spec is not None and run_dir is not None and dataset is not None:
+        note = _check_existing_run(run_dir, spec, dataset, base, problems)
     if problems:
         return CheckResult(None, tuple(problems))
     assert dataset is not None and section is not None and panel and spec is not None and run_dir
-    return CheckResult(TrainingPlan(request, dataset, section, validation, base, list(panel), spec, run_dir))
+    return CheckResult(TrainingPlan(request, dataset, section, validation, base, list(panel), spec, run_dir,
+                                    note))
 
 
 def _open_dataset(request: TrainingRequest, problems: list[str]) -> Dataset | None:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     if not request.dataset.strip():
         problems.append("choose the data to train on: a Visium folder (with its full-resolution "
@@ -230,16 +236,19 @@ def _check_section(section: Section, role: str, problems: list[str]) -> None:
 
 def _check_spatial_holdout(section: Section, problems: list[str]) -> None:
     """The engine's own rule for holding out a spatial block of a single section."""
-    from napari_dkan.engine.splits import MIN_VAL_SPOTS
+    import numpy as np
+
+    from napari_dkan.engine.splits import spatial_holdout_index
 
     try:
-        n = len(section.spots)
+        spots = section.spots
     except DataError:
         return  # already reported by the image check
-    if n < 2 * MIN_VAL_SPOTS:
-        problems.append(f"section {section.name} has only {n} spots: too few to hold out a "
-                        f"validation block (need at least {2 * MIN_VAL_SPOTS}); choose another "
-                        "section for validation under Advanced")
+    try:
+        spatial_holdout_index(section.name, np.column_stack([spots.array_row, spots.array_col]))
+    except DataError as exc:
+        problems.append(str(exc).replace("add a second section for validation",
+                                         "choose another section for validation under Advanced"))
 
 
 def _load_base(request: TrainingRequest, problems: list[str]) -> TrainedModel | None:
@@ -353,6 +362,19 @@ def _check_output(request: TrainingRequest, base: TrainedModel | None, problems:
     return out
 
 
+def _check_existing_run(run_dir: Path, spec: RunSpec, dataset: Dataset, base: TrainedModel | None,
+                        problems: list[str]) -> str:
+    """Refuse an output folder holding another run now, before features are computed; otherwise
+    say whether the folder's run is resumed or already finished."""
+    from napari_dkan.engine.runs import preflight_run_folder
+
+    folder = preflight_run_folder(run_dir, spec, str(dataset.root), base)
+    if folder.refused:
+        problems.append(folder.message)
+        return ""
+    return "" if folder.action == "new" else folder.message
+
+
 def run_spec(request: TrainingRequest, base: TrainedModel | None) -> RunSpec:
     """The engine's run spec: the preset's from scratch; the base model's own when fine-tuning."""
     from napari_dkan.engine.data import FeatureSpec
@@ -389,4 +411,4 @@ def describe_plan(plan: TrainingPlan) -> str:
     val = plan.validation.name if plan.validation is not None else "a spatial block of it"
     return (f"ready: {start} on {plan.section.name} ({len(plan.section.spots)} spots), validated on "
             f"{val}; {len(plan.panel)} genes, {s.epochs} epochs, learning rate {s.lr:g}, batch "
-            f"{s.batch_size} → {plan.run_dir}")
+            f"{s.batch_size} → {plan.run_dir}" + (f" ({plan.output_note})" if plan.output_note else ""))

@@ -75,7 +75,7 @@ class TrainingOutcome:
         best = "-" if self.best_val_pcc is None else f"{self.best_val_pcc:.3f}"
         how = {"cancelled": "cancelled; the best checkpoint so far is kept",
                "early-stopped": "stopped early"}.get(self.status, "finished")
-        return (f"training {how}: best validation PCC {best} at epoch {self.best_epoch} "
+        return (f"training {how}: best agreement on held-out spots r = {best} at epoch {self.best_epoch} "
                 f"({self.epochs_run} epochs run) → {self.run_dir}")
 
 
@@ -166,8 +166,8 @@ def _step_text(e: TrainEvent) -> str:
 
 
 def _epoch_text(e: TrainEvent) -> str:
-    return (f"epoch {e.epoch}/{e.epochs} · loss {_fmt(e.loss)} · validation PCC {_fmt(e.val_pcc)} "
-            f"· best {_fmt(e.best_pcc)} (epoch {e.best_epoch})")
+    return (f"epoch {e.epoch}/{e.epochs} · loss {_fmt(e.loss)} · agreement on held-out spots "
+            f"r = {_fmt(e.val_pcc)} · best {_fmt(e.best_pcc)} (epoch {e.best_epoch})")
 
 
 def release_device_memory() -> int | None:
@@ -253,7 +253,7 @@ class SectionInfo:
 def dataset_steps(path: str, image: str | None, mpp: float | None = None
                   ) -> Generator[Progress, None, list[SectionInfo]]:
     """The sections of a dataset (cheap: spots and counts are not parsed)."""
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     yield Progress("reading the dataset", 0, 0)
     ds = open_dataset(path, image=image or None, mpp=mpp)

@@ -38,14 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_panel(args: argparse.Namespace) -> int:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.expression import select_panel
 
     ds = open_dataset(args.dataset).select(args.sections)
     with progress_bar("reading counts", unit="section", enabled=not args.json) as progress:
         genes = select_panel(ds.sections, n=args.n, method=args.method, progress=progress)
     if args.output:
-        args.output.write_text("\n".join(genes) + "\n")
+        from napari_dkan.storage import atomic_write
+
+        atomic_write(args.output, ("\n".join(genes) + "\n").encode())
     emit(
         args,
         {"dataset": str(ds.root), "method": args.method, "n": len(genes),
@@ -56,7 +58,7 @@ def cmd_panel(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.slides import is_slide_file, open_slide
 
     path = Path(args.path)
@@ -71,6 +73,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     ds = open_dataset(path, image=args.image, mpp=args.mpp)
     info = {"type": "dataset", **ds.summary()}
+    if len(ds) == 1:  # what the reader assumed: notes fill as counts and images are read
+        section = ds.sections[0]
+        _ = section.preview
+        if section.has_counts:
+            _ = section.counts
+        info["sections"][0]["notes"] = list(section.notes)
     lines = [
         f"{ds.name}: {ds.kind} dataset, {info['n_sections']} section(s) from "
         f"{len(info['patients'])} patient(s); {info['n_with_counts']} with counts, "
@@ -83,5 +91,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"{s['name']:<12}{s['patient']:<10}{s.get('spots', '-'):>7}  "
             f"{'yes' if s['has_counts'] else 'no':<7}{'yes' if s['has_image'] else 'no':<6}{mpp:>8}"
         )
+    for s in info["sections"]:
+        lines.extend(f"note: {n}" for n in s.get("notes", []))
     emit(args, info, "\n".join(lines))
     return 0

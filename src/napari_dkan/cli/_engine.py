@@ -1,4 +1,4 @@
-"""``napari-dkan train | cv | evaluate | predict``: the training and evaluation engine."""
+"""``napari-dkan train | cv | evaluate | predict | trust``: the training and evaluation engine."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from napari_dkan.features.runtimes import RUNTIME_CHOICES
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from napari_dkan.cli._output import add_json_flag, emit
 
 MODELS = ["dkan", "dkan-improved", "triplex", "nh2st", "ridge"]
 METRICS = ("MAE", "MSE", "PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG")
+COVERAGE = ("COVERAGE-80", "COVERAGE-90", "WIDTH-90")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +43,9 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--dropout-sampler", choices=["torch", "uniform"],
+                   help="DKAN/TRIPLEX dropout masks: torch (default; reproduces earlier runs) or uniform "
+                   "(the same dropout, other random draws, ~1.9x faster training on a CPU)")
     p.add_argument("--validation", choices=["sections", "patients"], default="sections",
                    help="how the inner validation split is drawn from the training sections")
     p.add_argument("--paper-protocol", action="store_true",
@@ -68,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _spec_args(p)
     p.add_argument("--folds", default="sections", help="sections (default), patients, or kfold:K")
     p.add_argument("-o", "--output", type=Path, help="keep each fold's run here (resumable)")
+    p.add_argument("--only-folds", nargs="+", metavar="FOLD",
+                   help="run just these folds (e.g. B4; several processes can share one -o folder)")
     add_json_flag(p)
     p.set_defaults(func=cmd_cv)
 
@@ -93,13 +100,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image encoder's inference runtime on a CPU: auto (default: OpenVINO or ONNX Runtime "
                    "when installed, torch on a GPU), torch, onnxruntime or openvino")
     p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
+    p.add_argument("--level", type=float, default=0.9,
+                   help="nominal coverage of the per-spot intervals (default 0.9)")
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("trust", help="attach reliability, calibration and out-of-domain files to a run",
+                       description="Write a run folder's trust files after the fact from its dataset: "
+                       "per-gene reliability (from --cv, a leave-one-section-out folder of the run's "
+                       "recipe, else the run's validation spots), conformal calibration on its "
+                       "validation sections, and the image-domain summary of its training sections.")
+    p.add_argument("dataset", help="the dataset the run was trained on")
+    p.add_argument("--model", required=True, help="run directory (or 'default' for the bundled model)")
+    p.add_argument("--cv", type=Path, help="cross-validation folder (fold-*/ runs) of the run's recipe")
+    p.add_argument("--device", default="auto")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_trust)
 
 
 def _spec(args: argparse.Namespace):  # noqa: ANN202
     from napari_dkan.engine.data import FeatureSpec
     from napari_dkan.engine.runs import RunSpec
+    from napari_dkan.io.errors import DataError
 
     spec = RunSpec.for_preset(
         args.model, args.preset,
@@ -108,12 +130,25 @@ def _spec(args: argparse.Namespace):  # noqa: ANN202
         disease=args.disease, protocol="paper" if args.paper_protocol else "inner",
         validation=args.validation,
     )
+    if args.dropout_sampler and args.dropout_sampler != "torch":
+        if args.model not in ("dkan", "dkan-improved", "triplex"):
+            from napari_dkan.io.errors import DataError
+
+            raise DataError(f"--dropout-sampler applies to dkan, dkan-improved and triplex, not {args.model}")
+        spec.network_overrides["dropout_sampler"] = args.dropout_sampler
     s = spec.settings
     for name in ("epochs", "lr", "batch_size", "patience", "seed"):
         value = getattr(args, name)
         if value is not None:
             setattr(s, name, value)
     s.device = args.device
+    s.check()  # every number, before any file is read or written
+    for flag in ("mpp", "target_mpp"):
+        value = getattr(args, flag, None)
+        if value is not None and not value > 0:
+            raise DataError(f"--{flag.replace('_', '-')} must be a positive number of µm per pixel, got {value}")
+    if getattr(args, "panel_size", 1) < 1:
+        raise DataError(f"--panel-size must be at least 1, got {args.panel_size}")
     return spec
 
 
@@ -179,9 +214,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from napari_dkan.engine import distributed
-    from napari_dkan.engine.runs import gene_text_for, prepare_sections, train_model
+    from napari_dkan.engine.runs import (
+        gene_text_for,
+        preflight_run_folder,
+        prepare_sections,
+        train_model,
+    )
     from napari_dkan.engine.splits import inner_validation
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.errors import DataError
     from napari_dkan.io.expression import check_panel
 
@@ -193,9 +233,13 @@ def _train(args: argparse.Namespace) -> int:
     extra = list(args.val_sections or []) + (list(args.test_sections or []) if args.paper_protocol else [])
     if args.paper_protocol and not args.test_sections:
         raise DataError("--paper-protocol selects on the test fold: name it with --test-sections")
+    _refuse_overlap([s.name for s in train_secs], args)
+    main = distributed.current().is_main  # under torchrun only rank 0 reports
+    folder = preflight_run_folder(args.output, spec, str(ds.root))
+    if folder.refused:  # before any feature is computed or any file written
+        raise DataError(folder.message)
     panel = _panel(args, ds)
     check_panel(panel, train_secs)
-    main = distributed.current().is_main  # under torchrun only rank 0 reports
     bars = _Bars(not args.json and main)
     with distributed.main_first():  # rank 0 fills the feature and text caches, the others read them
         gene_text = gene_text_for(spec, panel)
@@ -209,10 +253,12 @@ def _train(args: argparse.Namespace) -> int:
         fit_part, val_part = inner_validation([data[n] for n in names], spec.validation, spec.settings.seed)
         data.update({s.name: s for s in (*fit_part, *val_part)})
         fit_names, val_names = [s.name for s in fit_part], [s.name for s in val_part]
+    seen: list[Any] = []
     try:
         model = train_model(data, fit_names, val_names, spec, panel, args.output, gene_text=gene_text,
                             dataset_info={"path": str(ds.root), "sections": names},
-                            on_event=lambda e: bars.train_event("", e))
+                            on_event=lambda e: bars.train_event("", e),
+                            on_folder=lambda f: (seen.append(f), _say(f.message, not args.json and main)))
     finally:
         bars.close()
     res = model.config.get("result", {})
@@ -220,7 +266,8 @@ def _train(args: argparse.Namespace) -> int:
                "protocol": model.protocol, "train_sections": fit_names, "val_sections": val_names,
                "best_epoch": res.get("best_epoch"), "best_val_pcc": res.get("best_val_pcc"),
                "epochs_run": res.get("epochs_run"), "genes": len(panel), "parameters": model.n_parameters,
-               "processes": distributed.current().world_size}
+               "processes": distributed.current().world_size,
+               "output_folder": seen[0].action if seen else None}
     text = (f"{spec.model} trained ({model.config['status']}) on {', '.join(fit_names)}; selected on "
             f"{', '.join(val_names)} [{model.protocol}]: best val PCC {_fmt(res.get('best_val_pcc'))} at "
             f"epoch {res.get('best_epoch')} → {args.output} ({model.n_parameters:,} trainable parameters)")
@@ -229,11 +276,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rows: list[dict], mean: dict, std: dict) -> str:
-    head = f"{'fold':<10}" + "".join(f"{m:>9}" for m in METRICS)
-    lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>9}" for m in METRICS) for r in rows]
-    lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>9}" for m in METRICS))
-    lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>9}" for m in METRICS))
+def _refuse_overlap(train: list[str], args: argparse.Namespace) -> None:
+    """Validation (or, with --paper-protocol, test) sections must not be training sections."""
+    from napari_dkan.io.errors import DataError
+
+    for flag, names in (("--val-sections", args.val_sections),
+                        ("--test-sections", args.test_sections if args.paper_protocol else None)):
+        shared = [n for n in names or [] if n in train]
+        if shared:
+            raise DataError(f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} in both --sections and "
+                            f"{flag}: the checkpoint would be selected on spots it was trained on. Leave "
+                            f"{'it' if len(shared) == 1 else 'them'} out of --sections (the training sections)")
+
+
+def _say(text: str, enabled: bool) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _table(rows: list[dict], mean: dict, std: dict, keys: Sequence[str] = METRICS) -> str:
+    w = max(9, *(len(m) + 2 for m in keys))
+    head = f"{'fold':<10}" + "".join(f"{m:>{w}}" for m in keys)
+    lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>{w}}" for m in keys) for r in rows]
+    lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>{w}}" for m in keys))
+    lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>{w}}" for m in keys))
+    if "GENE-R-PRED" in mean:
+        from napari_dkan.engine.collapse import describe
+
+        lines.append(describe(mean))
     return "\n".join(lines)
 
 
@@ -243,7 +313,7 @@ def _num(x: Any) -> str:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from napari_dkan.engine.cv import cross_validate
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     spec = _spec(args)
     ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
@@ -251,7 +321,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     bars = _Bars(not args.json)
     try:
         result = cross_validate(ds, spec, args.folds, args.sections, panel=panel, out_dir=args.output,
-                                on_status=bars.status, on_event=bars.train_event)
+                                on_status=bars.status, on_event=bars.train_event, only_folds=args.only_folds)
     finally:
         bars.close()
     payload = result.to_dict()
@@ -278,7 +348,7 @@ def load_model_arg(name: str):  # noqa: ANN201
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_dkan.engine.cv import evaluate
-    from napari_dkan.io.dataset import open_dataset
+    from napari_dkan.io.formats import open_dataset
 
     model = load_model_arg(args.model)
     ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
@@ -289,31 +359,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     payload = {"model": str(model.run_dir), "protocol": model.protocol, **rep.to_dict()}
-    emit(args, payload, f"{model.kind} from {model.run_dir} [{model.protocol}]\n" + _table(rep.folds, rep.mean, rep.std))
+    text = f"{model.kind} from {model.run_dir} [{model.protocol}]\n" + _table(rep.folds, rep.mean, rep.std)
+    if "COVERAGE-90" in rep.mean:
+        text += "\n" + _table(rep.folds, rep.mean, rep.std, COVERAGE)
+    else:
+        text += "\nno calibration in this run: no interval coverage (`napari-dkan trust` adds one)"
+    seen = [n for r in rep.folds for n in [r["fold"]] if n in model.seen_sections]
+    if seen:
+        text += (f"\n{', '.join(seen)}: used to train or select this model — the scores there are "
+                 "optimistic")
+    emit(args, payload, text)
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_dkan.engine.reliability import verdict
+    from napari_dkan.engine.trust import attach_from_dataset
+    from napari_dkan.io.dataset import open_dataset
+
+    model = load_model_arg(args.model)
+    ds = open_dataset(args.dataset)
+    trust = attach_from_dataset(model, ds, args.cv, device=args.device,
+                                progress=None if args.json else (lambda m: print(m, flush=True)))
+    rel, cal, dom = trust.reliability, trust.calibration, trust.domain
+    payload = {"model": str(model.run_dir),
+               "reliability": None if rel is None else {
+                   "protocol": rel.protocol, "sections": rel.sections,
+                   "median_r": float(np.nanmedian(rel.r)),
+                   "unreliable_genes": int(sum(1 for g in rel.genes if verdict(rel.of(g)) == "unreliable"))},
+               "calibration_sections": None if cal is None else cal.sections,
+               "ood_threshold": None if dom is None else dom.threshold,
+               "ood_held_out": None if dom is None else dom.held_out}
+    text = (f"{model.run_dir}: reliability [{payload['reliability']['protocol'] if rel else 'none'}], "
+            f"calibration on {', '.join(cal.sections) if cal else 'nothing'}, out-of-domain threshold "
+            f"{dom.threshold:.2f} (held out: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in dom.held_out.items()) + ")")
+    emit(args, payload, text)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
-    from napari_dkan.io.dataset import open_section
+    from napari_dkan.io.formats import open_section
     from napari_dkan.io.errors import DataError
+    from napari_dkan.storage import anndata_size_hint, atomic_write, check_writable
 
     model = load_model_arg(args.model)
     section = open_section(args.path, args.sections[0] if args.sections else None, args.spots,
                            image=args.image, mpp=args.mpp)
     if args.output.suffix != ".h5ad":
         raise DataError(f"output must be an .h5ad file, got {args.output.name}")
+    if args.output.is_dir():
+        raise DataError(f"the output {args.output} is a folder: give an .h5ad file name")
+    check_writable(args.output.parent.resolve())  # before any feature is computed
     bars = _Bars(not args.json)
     try:
         adata = predict_section(model, section, device=args.device, progress=bars.status,
-                                runtime=args.runtime)
+                                level=args.level, runtime=args.runtime)
     finally:
         bars.close()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(args.output)
+    atomic_write(args.output, adata.write_h5ad, anndata_size_hint(adata))
+    uns = adata.uns["napari_dkan"]
     payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
-               "model": str(model.run_dir)}
-    emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}")
+               "model": str(model.run_dir), "ood_score": uns.get("ood_score"),
+               "ood_threshold": uns.get("ood_threshold"), "out_of_domain": uns.get("out_of_domain"),
+               "interval_level": uns.get("interval_level"), "seen_by_model": uns.get("seen_by_model")}
+    notes = []
+    if uns.get("out_of_domain"):
+        notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
+                     f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")
+    if "interval_level" not in uns:
+        notes.append("this model carries no calibration: no intervals written")
+    if uns.get("seen_by_model"):
+        notes.append(f"{section.name} was a {uns['seen_by_model']} section of this model: scores on it are optimistic")
+    emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}"
+         + "".join(f"\n{n}" for n in notes))
     return 0

@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from napari_dkan.io.errors import DataError
@@ -52,6 +53,14 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"napari-dkan {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a write that did not go through the storage helper
+        from napari_dkan.storage import is_storage_fault, storage_error
+
+        if not is_storage_fault(exc):
+            raise
+        folder = Path(exc.filename).parent if exc.filename else Path.cwd()
+        print(f"napari-dkan {args.command}: error: {storage_error(exc, folder)}", file=sys.stderr)
+        return 2
 
 
 @contextmanager

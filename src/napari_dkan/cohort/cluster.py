@@ -88,7 +88,8 @@ def local_cluster(workers: int | None = None, device: str = "auto") -> CohortClu
     if workers is not None and workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
     # the scheduler serves HTTP (metrics) even without a dashboard: on a free port, not 8787
-    quiet = {"dashboard_address": ":0", "silence_logs": logging.ERROR}
+    # and silent: a slide's failure is reported in the summary, not as Dask's log and traceback
+    quiet = {"dashboard_address": ":0", "silence_logs": logging.CRITICAL}
     kind = resolve_device(device).type
     if kind == "cuda":
         gpus = visible_gpus()

@@ -130,6 +130,6 @@ def _check_names(slides: list[CohortSlide], path: Path) -> None:
 
 def open_section(entry: CohortSlide):  # noqa: ANN201 - a napari_dkan.io.dataset.Section
     """The section a manifest row describes (the same rules as ``napari-dkan predict``)."""
-    from napari_dkan.io.dataset import open_section as _open
+    from napari_dkan.io.formats import open_section as _open
 
     return _open(entry.slide, entry.section, entry.spots, mpp=entry.mpp)

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from napari_dkan.cohort.manifest import CohortSlide
-from napari_dkan.cohort.tasks import SlideOutcome, output_is_valid, predict_slide, stale_temporaries
+from napari_dkan.cohort.tasks import (
+    SlideOutcome,
+    output_is_valid,
+    predict_slide,
+    row_inputs,
+    stale_temporaries,
+)
 from napari_dkan.io.errors import DataError
 
 STATUSES = ("done", "skipped", "failed")
@@ -54,7 +60,7 @@ def plan(entries: Sequence[CohortSlide], out_dir: Path, weights_sha256: str,
     """(slides to predict, outcomes of the slides already done)."""
     todo, skipped, foreign = [], [], []
     for e in entries:
-        verdict = output_is_valid(e.output(out_dir), weights_sha256, panel)
+        verdict = output_is_valid(e.output(out_dir), weights_sha256, panel, row_inputs(e))
         if verdict is True:
             skipped.append(SlideOutcome(e.name, "skipped", str(e.output(out_dir))))
         elif isinstance(verdict, str):

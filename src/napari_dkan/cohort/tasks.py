@@ -14,13 +14,13 @@ import os
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from napari_dkan.cohort.manifest import CohortSlide, open_section
 from napari_dkan.io.errors import DataError
+from napari_dkan.storage import anndata_size_hint, atomic_write
 
 #: errors that come from the slide itself: retrying cannot help, so they are reported at once
 #: (anything else — a lost file system, a CUDA error — is raised for the scheduler to retry)
@@ -66,9 +66,25 @@ def worker_model(run_dir: str, weights_sha256: str) -> tuple[Any, bool]:
         return model, True
 
 
-def output_is_valid(path: Path, weights_sha256: str, panel: list[str]) -> bool | str:
-    """True for a complete prediction of this model; False when absent or unreadable; a
-    message when it is a readable prediction of *another* model (never overwritten silently)."""
+def row_inputs(entry: CohortSlide) -> str:
+    """What a manifest row's prediction is computed from, as canonical JSON: the slide file and
+    spot file (path, size, mtime), the section and the µm/px given."""
+    import json
+
+    from napari_dkan.storage import file_identity
+
+    spots = entry.spots
+    if spots not in (None, "lattice") and Path(spots).exists():
+        spots = file_identity(Path(spots)) if Path(spots).is_file() else str(Path(spots).resolve())
+    slide = file_identity(entry.slide) if entry.slide.is_file() else str(entry.slide)
+    return json.dumps({"slide": slide, "spots": spots, "section": entry.section, "mpp": entry.mpp},
+                      sort_keys=True)
+
+
+def output_is_valid(path: Path, weights_sha256: str, panel: list[str], inputs: str | None = None) -> bool | str:
+    """True for a complete prediction of this model from these ``inputs`` (:func:`row_inputs`);
+    False when absent, unreadable or computed from other inputs; a message when it is a readable
+    prediction of *another* model (never overwritten silently)."""
     if not path.is_file():
         return False
     try:
@@ -85,19 +101,13 @@ def output_is_valid(path: Path, weights_sha256: str, panel: list[str]) -> bool |
     sha = info.get("weights_sha256")
     if sha is not None and sha != weights_sha256:
         return f"{path} holds predictions of another model (weights {str(sha)[:12]}…)"
-    return bool(ok_shape and sha == weights_sha256)
+    same_inputs = inputs is None or info.get("inputs") == inputs
+    return bool(ok_shape and sha == weights_sha256 and same_inputs)
 
 
 def write_atomically(adata: Any, path: Path) -> None:
     """Write an AnnData to ``path`` through a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        adata.write_h5ad(tmp)
-        with open(tmp, "rb+") as fh:  # on disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, adata.write_h5ad, anndata_size_hint(adata))
 
 
 def predict_slide(entry: CohortSlide, run_dir: str, weights_sha256: str, out_dir: str,
@@ -111,7 +121,8 @@ def predict_slide(entry: CohortSlide, run_dir: str, weights_sha256: str, out_dir
         torch.set_num_threads(cpu_threads)
     model, loaded = worker_model(run_dir, weights_sha256)
     loaded = loaded or None
-    if output_is_valid(out, weights_sha256, model.panel) is True:  # a lost worker's task that finished
+    inputs = row_inputs(entry)
+    if output_is_valid(out, weights_sha256, model.panel, inputs) is True:  # a lost worker's task that finished
         return SlideOutcome(entry.name, "skipped", str(out), worker=worker, loaded_model=loaded)
     t0 = time.perf_counter()
     try:
@@ -123,6 +134,7 @@ def predict_slide(entry: CohortSlide, run_dir: str, weights_sha256: str, out_dir
                             worker=worker, loaded_model=loaded)
     adata.uns["napari_dkan"]["weights_sha256"] = weights_sha256
     adata.uns["napari_dkan"]["slide"] = str(entry.slide)
+    adata.uns["napari_dkan"]["inputs"] = inputs
     write_atomically(adata, out)
     return SlideOutcome(entry.name, "done", str(out), spots=int(adata.n_obs),
                         seconds=round(time.perf_counter() - t0, 3), worker=worker, loaded_model=loaded)

@@ -6,8 +6,10 @@ A run directory holds::
                          normalisation, training settings, versions, protocol, metrics
     model.safetensors    the best weights (by validation PCC)
     gene_text.safetensors  the gene-text embeddings the model was trained with
-    last.safetensors     weights + optimizer tensors of the last finished epoch (to resume)
-    state.json           epoch, optimizer scalars, scheduler, RNG seeds, history, best score
+    last-eNNNN.safetensors  weights + optimizer tensors of the last finished epoch (to resume)
+    best-eNNNN.safetensors  the best weights while training (published as model.safetensors)
+    state.json           epoch, optimizer scalars, scheduler, history, best score, and the names
+                         and SHA-256 of the two files above (written after them)
 
 Every safetensors file's SHA-256 is recorded in the JSON that refers to it, so a truncated or
 altered file is detected on load rather than silently used.
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_dkan.io.errors import DataError
+from napari_dkan.storage import atomic_write
 
 
 class CheckpointError(DataError):
@@ -38,17 +40,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
 
 def _json_default(value: Any) -> Any:
@@ -70,8 +63,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON (corrupt checkpoint?): {exc}") from exc
 
 
-def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
-    """Write tensors (torch or numpy) atomically; returns the file's SHA-256."""
+def encode_tensors(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """Tensors (torch or numpy) as the bytes of a safetensors file."""
     import torch
     from safetensors.torch import save
 
@@ -79,8 +72,13 @@ def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] |
     for k, v in tensors.items():
         t = torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v
         clean[k] = t.detach().to("cpu").contiguous()
-    data = save(clean, metadata=metadata)
-    atomic_write_bytes(path, data)
+    return save(clean, metadata=metadata)
+
+
+def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
+    """Write tensors (torch or numpy) atomically; returns the file's SHA-256."""
+    data = encode_tensors(tensors, metadata)
+    atomic_write(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_dkan.engine.collapse import COLLAPSE_KEYS, collapse_scores, mean_collapse
 from napari_dkan.engine.data import SectionData
 from napari_dkan.engine.metrics import FoldScores, Report, report, score_slide
 from napari_dkan.engine.runs import (
@@ -31,6 +32,7 @@ from napari_dkan.io.expression import check_panel, select_panel
 from napari_dkan.progress import CancelToken, check_cancel
 
 StatusCallback = Callable[[str, int, int], None]
+CV_FILE = "cv.json"
 
 
 def dataset_panel(dataset: Dataset, n: int = 250) -> list[str]:
@@ -47,7 +49,21 @@ def score_sections(predictions: dict[str, np.ndarray], data: dict[str, SectionDa
         FoldScores(f.name, [score_slide(n, predictions[n], data[n].y) for n in f.test]) for f in folds
     ]
     ref = list(reference) if reference is not None else [n for f in folds for n in f.test]
-    return report(fold_scores, [data[n].y for n in ref], list(panel))
+    rep = report(fold_scores, [data[n].y for n in ref], list(panel))
+    add_collapse(rep, [mean_collapse([collapse_scores(predictions[n], data[n].y) for n in f.test])
+                       for f in folds])
+    return rep
+
+
+def add_collapse(rep: Report, per_fold: list[dict[str, float]]) -> None:
+    """Put the gene-collapse numbers (:mod:`napari_dkan.engine.collapse`) into a report's
+    fold rows, mean and std, beside the paper's metrics."""
+    for row, values in zip(rep.folds, per_fold):
+        row.update(values)
+    for key in COLLAPSE_KEYS:
+        column = np.array([v[key] for v in per_fold], dtype=np.float64)
+        rep.mean[key] = float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
+        rep.std[key] = float(np.nanstd(column)) if np.isfinite(column).any() else float("nan")
 
 
 @dataclass
@@ -59,12 +75,18 @@ class CVResult:
     panel: list[str]
     folds: list[dict[str, Any]] = field(default_factory=list)  # training summary per fold
 
-    def to_dict(self) -> dict[str, Any]:
+    gene_pcc: dict[str, list[float | None]] = field(default_factory=dict)  # per fold, per panel gene
+
+    def to_dict(self, genes: bool = False) -> dict[str, Any]:
+        """The figures; ``genes`` adds the panel and each fold's per-gene r (``gene_pcc``)."""
         out = self.report.to_dict()
         for row, info in zip(out["folds"], self.folds):
             row.update({k: v for k, v in info.items() if k not in row})
+            if genes and row["fold"] in self.gene_pcc:
+                row["gene_pcc"] = self.gene_pcc[row["fold"]]
+        extra = {"panel": list(self.panel)} if genes else {}
         return {"model": self.model, "protocol": self.protocol, "seconds": round(self.seconds, 1),
-                "n_genes": len(self.panel), **out}
+                "n_genes": len(self.panel), **extra, **out}
 
 
 def cross_validate(
@@ -134,7 +156,18 @@ def cross_validate(
             tmp.cleanup()
     rep = score_sections(predictions, data, folds, panel)
     protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
-    return CVResult(rep, spec.model, protocol, time.perf_counter() - t0, panel, fold_info)
+    gene_pcc = {f.name: _nan_to_none(FoldScores(f.name, [score_slide(n, predictions[n], data[n].y)
+                                                          for n in f.test]).pcc) for f in folds}
+    result = CVResult(rep, spec.model, protocol, time.perf_counter() - t0, panel, fold_info, gene_pcc)
+    if tmp is None:  # a kept folder records its figures, per-gene r per fold included
+        from napari_dkan.engine import checkpoint as ckpt
+
+        ckpt.write_json(Path(out_dir) / CV_FILE, result.to_dict(genes=True))
+    return result
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in values]
 
 
 def evaluate(
@@ -164,4 +197,33 @@ def evaluate(
             if name not in data:
                 data[name] = model.section_data(dataset[name], with_targets=True, device=device, cancel=cancel)
     folds = make_folds([s.name for s in usable], {s.name: s.patient for s in usable}, folds_by)
-    return score_sections(preds, data, folds, model.panel, reference)
+    rep = score_sections(preds, data, folds, model.panel, reference)
+    if model.trust.calibration is not None:
+        add_coverage(rep, model, folds, preds, data)
+    return rep
+
+
+COVERAGE_KEYS = ("COVERAGE-80", "COVERAGE-90", "WIDTH-90")
+
+
+def add_coverage(rep: Report, model: TrainedModel, folds: Sequence[Fold],
+                 preds: dict[str, np.ndarray], data: dict[str, SectionData]) -> None:
+    """Per fold and in the mean: the fraction of spot × gene values inside the nominal 80 % and
+    90 % intervals, and the mean width of the 90 % ones."""
+    from napari_dkan.engine.conformal import coverage_and_width
+    from napari_dkan.engine.trust import assess
+
+    for row, fold in zip(rep.folds, folds):
+        pred = np.concatenate([preds[n] for n in fold.test])
+        truth = np.concatenate([data[n].y for n in fold.test])
+        feats = np.concatenate([data[n].patch_feat for n in fold.test])
+        for level in (0.8, 0.9):
+            half = assess(model.trust, pred, feats, level).halfwidth
+            cov, width = coverage_and_width(pred, truth, half)
+            row[f"COVERAGE-{round(level * 100)}"] = cov
+            if level == 0.9:
+                row["WIDTH-90"] = width
+    for key in COVERAGE_KEYS:
+        values = np.array([r[key] for r in rep.folds])
+        rep.mean[key] = float(values.mean())
+        rep.std[key] = float(values.std())

@@ -19,14 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from napari_dkan.engine.data import Needs, SectionData
+from napari_dkan.features.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from napari_dkan.model import DKAN, NH2ST, DKANConfig, NH2STConfig, SlideContext, SpotInputs
 from napari_dkan.model.config import PatchInput
 from napari_dkan.model.losses import dkan_loss
 
 TORCH_FAMILIES = ("dkan", "dkan-improved", "triplex", "nh2st")
 ALL_FAMILIES = (*TORCH_FAMILIES, "ridge")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SpotStore:

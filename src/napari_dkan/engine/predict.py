@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_dkan.engine.runs import TrainedModel
+from napari_dkan.engine.trust import SpotTrust, assess
 from napari_dkan.io.dataset import Section
 from napari_dkan.progress import CancelToken
 
@@ -28,21 +30,65 @@ def predict_section(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
     cancel: CancelToken | None = None,
+    level: float = 0.9,
     runtime: str = "auto",
 ) -> Any:
-    """An AnnData of the model's predictions for every spot of ``section``.
+    """An AnnData of the model's predictions for every spot of ``section``, with intervals at
+    the nominal ``level`` and the out-of-domain score when the model carries them.
 
     ``runtime`` runs the image encoder (see :mod:`napari_dkan.features.runtimes`)."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
-    data = model.section_data(section, with_targets=section.has_counts, progress=feats_cb,
+    absent = absent_genes(model.panel, section)
+    data = model.section_data(section, with_targets=section.has_counts and not absent, progress=feats_cb,
                               cancel=cancel, device=device, runtime=runtime)
     pred = model.predict(data, device=device, progress=pred_cb, cancel=cancel)
-    return to_anndata(model, section, pred, measured=data.y)
+    check_finite(pred, section.name)
+    measured = data.y
+    if section.has_counts and absent and len(absent) < len(model.panel):
+        measured = measured_targets(model, section, absent)
+    adata = to_anndata(model, section, pred, measured=measured,
+                       spot_trust=assess(model.trust, pred, data.patch_feat, level))
+    if section.has_counts and absent:
+        adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
+    return adata
+
+
+def absent_genes(panel: list[str], section: Section) -> list[str]:
+    """Panel genes the section's counts do not measure (prediction needs no counts; only the
+    comparison with measured values is limited to the genes that are there)."""
+    if not section.has_counts:
+        return []
+    have = set(section.load_counts().genes)
+    return [g for g in panel if g not in have]
+
+
+def measured_targets(model: TrainedModel, section: Section, absent: list[str]) -> np.ndarray:
+    """Measured targets of the genes present; the absent genes' columns are NaN (not measured).
+
+    The normalisation is over the panel genes measured (absent genes count as zero)."""
+    from napari_dkan.io.expression import section_targets
+
+    y = section_targets(section, model.panel, smoothing=model.smoothing, missing="zero")
+    y[:, [model.panel.index(g) for g in absent]] = np.nan
+    return y
+
+
+def check_finite(pred: np.ndarray, section: str) -> None:
+    """A prediction with a NaN or infinity is never written: say where it went wrong."""
+    bad = ~np.isfinite(pred)
+    if bad.any():
+        from napari_dkan.io.errors import DataError
+
+        spots = int(bad.any(axis=1).sum())
+        raise DataError(f"the prediction for {spots} of {len(pred)} spots of {section} is not a number "
+                        "(non-finite image features or weights); nothing was written. Check the slide's "
+                        "pixels and the model's weights")
 
 
 def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,
-               measured: np.ndarray | None = None, spot_index: np.ndarray | None = None) -> Any:
+               measured: np.ndarray | None = None, spot_index: np.ndarray | None = None,
+               spot_trust: SpotTrust | None = None) -> Any:
     import anndata
     import pandas as pd
 
@@ -63,7 +109,8 @@ def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,
     if spots.diameter_px is not None:
         spatial["scalefactors"]["spot_diameter_fullres"] = float(spots.diameter_px)
     if section.image_path is not None:
-        spatial["metadata"]["source_image_path"] = str(section.image_path)
+        # absolute: the file is read from other folders (napari, scanpy, this reader)
+        spatial["metadata"]["source_image_path"] = str(Path(section.image_path).resolve())
     try:
         spatial["mpp"] = float(section.mpp)
     except Exception:  # noqa: BLE001 - an unknown scale only costs the µm display
@@ -76,4 +123,25 @@ def to_anndata(model: TrainedModel, section: Section, pred: np.ndarray,
         "protocol": model.protocol,
         "section": section.name,
     }
+    if spot_trust is not None:
+        add_trust(adata, spot_trust, model)
     return adata
+
+
+def add_trust(adata: Any, spot_trust: SpotTrust, model: TrainedModel) -> None:
+    """Intervals in ``layers["lower"]`` / ``["upper"]`` and the level, out-of-domain score and
+    training-section status in ``uns["napari_dkan"]``."""
+    uns = adata.uns["napari_dkan"]
+    bounds = spot_trust.lower_upper(np.asarray(adata.X))
+    if bounds is not None:
+        adata.layers["lower"], adata.layers["upper"] = (b.astype(np.float32) for b in bounds)
+        uns["interval_level"] = float(spot_trust.level)
+        uns["interval_method"] = "normalised split-conformal, per gene (see the run's calibration)"
+    if spot_trust.domain is not None:
+        adata.obs["ood_score"] = spot_trust.domain.spot_scores.astype(np.float32)
+        uns["ood_score"] = float(spot_trust.domain.score)
+        uns["ood_threshold"] = float(spot_trust.domain.threshold)
+        uns["out_of_domain"] = bool(spot_trust.domain.out_of_domain)
+    seen = model.seen_sections.get(uns.get("section", ""))
+    if seen is not None:
+        uns["seen_by_model"] = seen

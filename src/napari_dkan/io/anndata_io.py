@@ -23,6 +23,7 @@ from napari_dkan.io.counts import Counts
 from napari_dkan.io.dataset import Dataset, Section
 from napari_dkan.io.errors import DataError
 from napari_dkan.io.spots import GridLayout, SpotTable
+from napari_dkan.io.visium import SPACERANGER_SPOT_UM, true_diameter_px
 
 DEFAULT_PITCH_UM = 100.0
 DEFAULT_DIAMETER_UM = 55.0
@@ -35,6 +36,9 @@ def read_h5ad_dataset(path: Path, image: str | Path | None = None) -> Dataset:
         adata = anndata.read_h5ad(path)
     except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many types for bad files
         raise DataError(f"{path.name} is not a readable .h5ad file: {exc}") from exc
+    if adata.n_obs == 0:
+        raise DataError(f"{path.name} holds no spots (0 observations): there is nothing to show "
+                        "or predict on")
     if "spatial" not in adata.obsm:
         raise DataError(
             f"{path.name} has no obsm['spatial'] (spot positions in full-resolution pixels); "
@@ -49,38 +53,59 @@ def read_h5ad_dataset(path: Path, image: str | Path | None = None) -> Dataset:
         groups = [(str(lib), np.arange(adata.n_obs))]
     if image is not None and len(groups) > 1:
         raise DataError(f"{path.name} holds {len(groups)} libraries: give images per library, not one")
+    own = is_prediction_file(adata)
     sections = []
     for lib, rows in groups:
         sub = adata[rows]
         meta = libraries.get(lib, {}) or {}
-        sections.append(_section(path, lib, sub, meta, image))
-    return Dataset(name=path.stem, root=path, kind="anndata", sections=sections)
+        sections.append(_section(path, lib, sub, meta, image, with_counts=not own))
+    kind = "napari-dkan predictions" if own else "anndata"
+    return Dataset(name=path.stem, root=path, kind=kind, sections=sections)
 
 
-def _section(path: Path, lib: str, adata: Any, meta: dict, image: str | Path | None) -> Section:
-    import scipy.sparse as sp
+def is_prediction_file(adata: Any) -> bool:
+    """An ``.h5ad`` written by napari-dkan's predict or export: X holds predictions, not counts."""
+    info = adata.uns.get("napari_dkan") if hasattr(adata, "uns") else None
+    return isinstance(info, dict) and "model" in info
 
+
+def _section(path: Path, lib: str, adata: Any, meta: dict, image: str | Path | None,
+             with_counts: bool = True) -> Section:
     xy = np.asarray(adata.obsm["spatial"], dtype=float)
     if xy.ndim != 2 or xy.shape[1] < 2:
         raise DataError(f"{path.name}: obsm['spatial'] must be N×2 (x, y), got {xy.shape}")
     obs = adata.obs
+    notes: list[str] = []
+    scalefactors = meta.get("scalefactors", {}) or {}
+    diameter = scalefactors.get("spot_diameter_fullres")
+    metadata = meta.get("metadata") or {}
+    visium = _is_visium(scalefactors, metadata)
     if {"array_row", "array_col"} <= set(obs.columns):
         row, col = obs["array_row"].to_numpy(int), obs["array_col"].to_numpy(int)
         hexagonal = len(row) > 0 and np.unique((row + col) % 2).size == 1 and np.unique(col % 2).size == 2
-        layout = GridLayout.HEX if hexagonal else GridLayout.SQUARE
+        layout = GridLayout.HEX if hexagonal or (visium and len(row) < 3) else GridLayout.SQUARE
+    elif visium and diameter:
+        row, col = _hex_grid(xy, float(diameter) * DEFAULT_PITCH_UM / SPACERANGER_SPOT_UM)
+        layout = GridLayout.HEX
+        notes.append(f"{path.name}: no obs array_row/array_col; the Visium grid was inferred from "
+                     "the spot positions")
     else:
         row, col = _infer_grid(xy)
         layout = GridLayout.SQUARE
-    scalefactors = meta.get("scalefactors", {}) or {}
-    diameter = scalefactors.get("spot_diameter_fullres")
     image_path = Path(image).expanduser() if image is not None else None
-    source_image = (meta.get("metadata", {}) or {}).get("source_image_path")
+    source_image = metadata.get("source_image_path")
     if image_path is None and source_image and Path(str(source_image)).is_file():
         image_path = Path(str(source_image))
     if image_path is not None and not image_path.is_file():
         raise DataError(f"full-resolution image not found: {image_path}")
     pitch = DEFAULT_PITCH_UM if layout is GridLayout.HEX else float(meta.get("pitch_um", 200.0))
     diameter_um = DEFAULT_DIAMETER_UM if layout is GridLayout.HEX else float(meta.get("diameter_um", 100.0))
+    if visium and diameter and layout is GridLayout.HEX:
+        # Space Ranger's convention: spot_diameter_fullres spans 65 µm, the capture spot 55
+        mpp_from_diameter = SPACERANGER_SPOT_UM / float(diameter)
+        diameter = true_diameter_px(diameter)
+    else:
+        mpp_from_diameter = diameter_um / float(diameter) if diameter else None
     spots = SpotTable(
         spot_id=obs.index.to_numpy(str),
         array_row=row,
@@ -94,18 +119,16 @@ def _section(path: Path, lib: str, adata: Any, meta: dict, image: str | Path | N
         diameter_um=diameter_um,
         source=f"{path.name}[{lib}]",
     )
-    matrix = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    if matrix is None:
-        load_counts = None
-    else:
-        m = sp.csr_matrix(matrix) if not isinstance(matrix, np.ndarray) else sp.csr_matrix(np.asarray(matrix))
-        if m.nnz and (not np.isfinite(m.data).all()):
-            raise DataError(f"{path.name}: the count matrix holds NaN or infinite values")
-        counts = Counts(m, adata.var_names.to_numpy(str), obs.index.to_numpy(str))
-        load_counts = lambda: counts  # noqa: E731
+    load_counts = _counts_loader(adata, f"{path.name}[{lib}]", notes) if with_counts else None
     patient = str(obs["patient"].iloc[0]) if "patient" in obs and len(obs) else lib
-    metadata = meta.get("metadata") or {}
     mpp = meta.get("mpp") or metadata.get("mpp")
+    if not mpp:
+        # the spot diameter is known in µm and in pixels: that is the scale
+        mpp = mpp_from_diameter
+    images = meta.get("images") or {}
+    if images and not scalefactors:
+        notes.append(f"{path.name}: uns['spatial'][{lib!r}] has images ({', '.join(images)}) but "
+                     "no scalefactors, so they cannot be placed under the spots and are not shown")
     return Section(
         name=lib,
         patient=patient,
@@ -118,7 +141,56 @@ def _section(path: Path, lib: str, adata: Any, meta: dict, image: str | Path | N
             "Give the full-resolution image (image= / --image), or store its path in "
             "uns['spatial'][library]['metadata']['source_image_path']."
         ),
+        load_preview=(lambda: _uns_preview(images, scalefactors, notes)) if images else None,
+        notes=notes,
     )
+
+
+def _counts_loader(adata: Any, source: str, notes: list[str]) -> Any:
+    from napari_dkan.io.anndata_counts import count_matrix
+    from napari_dkan.io.gene_names import symbolise
+
+    try:
+        matrix, genes, found = count_matrix(adata, source)
+    except DataError as exc:  # spots and image stay usable for prediction
+        notes.append(f"{exc}; the section opens without measured expression")
+        return None
+    counts, more = symbolise(Counts(matrix, genes, adata.obs.index.to_numpy(str), source=source), source)
+    notes.extend(n for n in [*found, *more] if n not in notes)
+    return lambda: counts
+
+
+def _uns_preview(images: dict[str, Any], scalefactors: dict[str, Any], notes: list[str]) -> Any:
+    from napari_dkan.io.preview import pick_preview
+
+    preview = pick_preview((kind, np.asarray(images[kind]), scalefactors.get(f"tissue_{kind}_scalef"))
+                           for kind in ("hires", "lowres") if kind in images)
+    if preview is not None and preview.note and preview.note not in notes:
+        notes.append(preview.note)
+    return preview
+
+
+def _is_visium(scalefactors: dict[str, Any], metadata: dict[str, Any]) -> bool:
+    """Space Ranger wrote it: its scale factors or its software version say so."""
+    version = str(metadata.get("software_version", ""))
+    return (any(k in scalefactors for k in ("tissue_hires_scalef", "fiducial_diameter_fullres"))
+            or version.startswith("spaceranger"))
+
+
+def _hex_grid(xy: np.ndarray, pitch_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Visium (row, col) from positions on an axis-aligned hexagonal grid of known pitch.
+
+    Relative to the top spot (row 0, col 0): rows are pitch·√3/2 apart, columns half a pitch,
+    and a column has its row's parity (Visium's (r, c±2), (r±1, c±1) neighbours).
+    """
+    ref = int(np.lexsort((xy[:, 0], xy[:, 1]))[0])
+    row = np.round((xy[:, 1] - xy[ref, 1]) / (pitch_px * np.sqrt(3) / 2)).astype(int)
+    half = (xy[:, 0] - xy[ref, 0]) / (pitch_px / 2)
+    col = np.round(half).astype(int)
+    wrong = (col - row) % 2 == 1
+    col[wrong] += np.where(half[wrong] >= col[wrong], 1, -1)
+    col -= 2 * (col.min() // 2)  # non-negative, parity kept
+    return row - row.min(), col
 
 
 def _infer_grid(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,4 +240,6 @@ def write_spatial_h5ad(
         obsm={"spatial": spots.xy},
         uns={"spatial": {library_id: meta}},
     )
-    adata.write_h5ad(path)
+    from napari_dkan.storage import anndata_size_hint, atomic_write  # not at import time: a cycle
+
+    atomic_write(Path(path), adata.write_h5ad, anndata_size_hint(adata))

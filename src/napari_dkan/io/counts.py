@@ -9,7 +9,7 @@ path, size and modification time, so a dataset is parsed once.
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import scipy.sparse as sp
 
 from napari_dkan.io.errors import DataError
 from napari_dkan.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 
@@ -29,6 +31,8 @@ class Counts:
     matrix: sp.csr_matrix
     genes: np.ndarray
     spot_id: np.ndarray
+    #: the file the counts were read from, named in errors
+    source: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matrix", sp.csr_matrix(self.matrix, dtype=np.float32))
@@ -40,6 +44,25 @@ class Counts:
                 f"count matrix is {n}×{g} but has {len(self.spot_id)} spot ids and "
                 f"{len(self.genes)} gene names"
             )
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Raw counts are finite and ≥ 0: refuse anything else when it is read, naming the file
+        (log-normalised or scaled values would otherwise surface as a bare error much later)."""
+        m = self.matrix
+        bad, what = ~np.isfinite(m.data), "missing or infinite"
+        if not bad.any():
+            bad, what = m.data < 0, "negative"
+            if not bad.any():
+                return
+        k = int(np.flatnonzero(bad)[0])
+        i, j = int(np.searchsorted(m.indptr, k, side="right")) - 1, int(m.indices[k])
+        n = int(bad.sum())
+        raise DataError(
+            f"{what} counts in {self.source or 'the count matrix'}: {n} value{'s' * (n > 1)}, e.g. "
+            f"spot '{self.spot_id[i]}', gene '{self.genes[j]}' = {m.data[k]:g}. Raw counts must "
+            "be finite and ≥ 0: give the raw (integer) counts, not normalised or scaled values."
+        )
 
     @property
     def n_spots(self) -> int:
@@ -81,7 +104,7 @@ class Counts:
                 f"{', '.join(map(str, missing[:5]))}"
             )
         idx = np.array([row[s] for s in spot_ids], dtype=np.int64)
-        return Counts(self.matrix[idx], self.genes, self.spot_id[idx])
+        return Counts(self.matrix[idx], self.genes, self.spot_id[idx], self.source)
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,12 +157,11 @@ def _parse_st_counts(path: Path) -> Counts:
     if np.isnan(values).any():
         r, c = np.argwhere(np.isnan(values))[0]
         raise DataError(f"missing count in {path.name} at spot {frame.index[r]!r}, gene {frame.columns[c]!r}")
-    if (values < 0).any():
-        raise DataError(f"negative counts in {path.name}: raw counts must be ≥ 0")
     if frame.index.duplicated().any():
         dup = frame.index[frame.index.duplicated()][0]
         raise DataError(f"duplicate spot id {dup!r} in count file {path.name}")
-    return Counts(sp.csr_matrix(values), frame.columns.to_numpy(str), frame.index.to_numpy(str))
+    return Counts(sp.csr_matrix(values), frame.columns.to_numpy(str), frame.index.to_numpy(str),
+                  source=path.name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,7 +196,7 @@ def read_10x_h5(path: Path) -> Counts:
     except (OSError, KeyError, StopIteration) as exc:
         raise DataError(f"{path.name} is not a readable 10x feature-barcode matrix: {exc}") from exc
     mat = mat.T.tocsr()[:, np.flatnonzero(keep)]
-    return Counts(mat, _unique_names(names[keep]), barcodes)
+    return Counts(mat, _unique_names(names[keep]), barcodes, source=path.name)
 
 
 def _strings(values: np.ndarray) -> np.ndarray:
@@ -200,8 +222,9 @@ def _unique_names(names: np.ndarray) -> np.ndarray:
 
 
 def _cache_path(path: Path) -> Path:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{_CACHE_VERSION}"
+    from napari_dkan.storage import file_identity  # storage imports io.errors: not at import time
+
+    key = f"{file_identity(path)}|v{_CACHE_VERSION}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
     return cache_dir("counts") / f"{path.name.split('.')[0]}-{digest}.npz"
 
@@ -216,7 +239,7 @@ def _load_cache(path: Path) -> Counts | None:
     try:
         with np.load(cp, allow_pickle=False) as z:
             mat = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-            return Counts(mat, z["genes"], z["spot_id"])
+            return Counts(mat, z["genes"], z["spot_id"], source=path.name)
     except Exception:  # noqa: BLE001 - a broken cache file is rebuilt, never trusted
         cp.unlink(missing_ok=True)
         return None
@@ -227,15 +250,17 @@ def _cached(path: Path, parse: callable) -> Counts:  # type: ignore[valid-type]
     if hit is not None:
         return hit
     counts = parse(path)
+    from napari_dkan.storage import StorageError, atomic_write
+
+    m = counts.matrix
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: numpy would append ".npz" to a path
+            np.savez(fh, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape),
+                     genes=counts.genes, spot_id=counts.spot_id)
+
     try:
-        cp = _cache_path(path)
-        tmp = cp.with_suffix(f".{os.getpid()}.tmp.npz")
-        m = counts.matrix
-        np.savez(
-            tmp, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape),
-            genes=counts.genes, spot_id=counts.spot_id,
-        )
-        os.replace(tmp, cp)
-    except OSError:
-        pass  # a read-only cache only costs speed
+        atomic_write(_cache_path(path), write)
+    except (StorageError, OSError) as exc:
+        log.warning("parsed counts of %s were not cached (%s); continuing without the cache", path.name, exc)
     return counts

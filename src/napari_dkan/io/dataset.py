@@ -3,13 +3,8 @@
 A :class:`Section` is one tissue section: its spots, optionally its raw counts and its
 full-resolution image, and the patient it came from.  Spots and counts load on first use (a
 HER2ST dataset lists 36 sections without parsing 36 count tables).  A :class:`Dataset` is a
-named set of sections; :func:`open_dataset` recognises the supported layouts:
-
-- a legacy-ST root in the HER2ST layout (``ST-cnts/``, ``ST-spotfiles/``, ``ST-imgs/``);
-- a Visium Space Ranger output folder (1.x, 2.x or 3.x), with the full-resolution image given
-  separately as Space Ranger's ``--image`` was;
-- an AnnData ``.h5ad`` file in the scanpy convention (one section per library);
-- a slide file alone: one section whose spots are a lattice laid over the detected tissue.
+named set of sections.  The formats that make them, and
+:func:`~napari_dkan.io.formats.open_dataset`, live in :mod:`napari_dkan.io.formats`.
 """
 
 from __future__ import annotations
@@ -23,6 +18,7 @@ from typing import Any
 
 from napari_dkan.io.counts import Counts
 from napari_dkan.io.errors import DataError
+from napari_dkan.io.preview import Preview
 from napari_dkan.io.slides import Slide, open_slide
 from napari_dkan.io.spots import SpotTable
 
@@ -43,6 +39,10 @@ class Section:
     dataset: str = ""
     #: a short explanation shown when an image is required but absent
     missing_image_hint: str = ""
+    #: a low-resolution image of the section (Space Ranger PNG, AnnData ``uns`` image), if any
+    load_preview: Callable[[], Preview | None] | None = field(default=None, repr=False)
+    #: what the reader assumed or passed over, in words for the user (shown by reader and dock)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_counts(self) -> bool:
@@ -73,6 +73,11 @@ class Section:
         counts = self.load_counts()
         return counts.align(self.spots.spot_id, source=f"the counts of section {self.name}")
 
+    @cached_property
+    def preview(self) -> Preview | None:
+        """The section's low-resolution image, or None (read once, on first use)."""
+        return self.load_preview() if self.load_preview is not None else None
+
     def require_image(self) -> Path:
         if self.image_path is None:
             hint = f" {self.missing_image_hint}" if self.missing_image_hint else ""
@@ -82,6 +87,7 @@ class Section:
     def open_slide(self, check_spots: bool = True) -> Slide:
         """The section's image with its µm/px resolved, its spots checked to lie inside it."""
         slide = open_slide(self.require_image())
+        slide.require_colour()  # the model and tissue detection read H&E's colours
         slide.mpp = self.mpp  # explicit > metadata > spot-pitch estimate
         if check_spots:
             w, h = slide.dimensions
@@ -207,76 +213,11 @@ class Dataset:
         }
 
 
-def open_dataset(
-    path: str | Path,
-    image: str | Path | None = None,
-    mpp: float | None = None,
-) -> Dataset:
-    """Recognise and open a dataset: HER2ST-style root, Visium folder, ``.h5ad`` or a slide.
+def __getattr__(name: str) -> Any:
+    """``open_dataset`` lives in :mod:`napari_dkan.io.formats` (the reader registry, which imports
+    this module); it is still importable from here, resolved on first use so that no cycle forms."""
+    if name == "open_dataset":
+        from napari_dkan.io.formats import open_dataset
 
-    ``image`` is the full-resolution image of a Visium folder (or of a single-library AnnData
-    file); ``mpp`` overrides the µm per pixel of every section.
-    """
-    from napari_dkan.io import anndata_io, lattice, st_legacy, visium
-    from napari_dkan.io.slides import is_slide_file
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"{p} does not exist")
-    if p.is_dir():
-        if st_legacy.is_st_root(p):
-            ds = st_legacy.read_st_dataset(p)
-        elif visium.find_spaceranger_outs(p) is not None:
-            ds = visium.read_visium_dataset(p, image=image)
-        else:
-            raise DataError(
-                f"{p} is not a dataset this tool recognises: expected a legacy-ST root "
-                "(ST-cnts/ and ST-spotfiles/), a Space Ranger output folder (spatial/"
-                "tissue_positions*), an .h5ad file or a slide file"
-            )
-    elif p.suffix.lower() == ".h5ad":
-        ds = anndata_io.read_h5ad_dataset(p, image=image)
-    elif is_slide_file(p):
-        ds = lattice.slide_dataset(p, mpp=mpp)
-    else:
-        raise DataError(
-            f"unsupported file {p.name}: give a dataset folder, an .h5ad file or a slide image"
-        )
-    if mpp is not None:
-        for s in ds.sections:
-            s.mpp_override = float(mpp)
-    return ds
-
-
-def open_section(
-    path: str | Path,
-    section: str | None = None,
-    spots: str | Path | None = None,
-    image: str | Path | None = None,
-    mpp: float | None = None,
-) -> Section:
-    """One section to predict on.
-
-    ``path`` is a slide or a dataset (``section`` names one of a dataset's sections).  ``spots``
-    is ``"lattice"`` (a lattice over the tissue replaces the section's own spots) or a spot file
-    (Visium folder, ``.h5ad``) whose spots are placed on the slide ``path``; ``image`` is the
-    full-resolution image of a Visium folder or ``.h5ad`` given as ``path``.
-    """
-    if spots not in (None, "lattice"):
-        ds = open_dataset(spots, image=path, mpp=mpp)
-    else:
-        ds = open_dataset(path, image=image, mpp=mpp)
-    if section:
-        chosen = ds[section]
-    elif len(ds) == 1:
-        chosen = ds.sections[0]
-    else:
-        raise DataError(
-            f"{ds.name} holds {len(ds)} sections ({', '.join(ds.section_names[:8])}"
-            f"{'…' if len(ds) > 8 else ''}): name the one to use"
-        )
-    if spots == "lattice" and ds.kind != "slide":
-        from napari_dkan.io.lattice import lattice_section
-
-        chosen = lattice_section(chosen)
-    return chosen
+        return open_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

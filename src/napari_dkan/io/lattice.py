@@ -82,6 +82,7 @@ def lattice_spots(
     if pitch_um <= 0 or diameter_um <= 0:
         raise DataError(f"lattice pitch and diameter must be positive, got {pitch_um}, {diameter_um}")
     mpp = slide.require_mpp()
+    slide.require_colour()  # tissue is found by the stain's colour
     tissue = tissue if tissue is not None else detect_tissue(slide)
     if not tissue.mask.any():
         raise DataError(
@@ -125,7 +126,8 @@ def slide_dataset(
     diameter_um: float = LATTICE_DIAMETER_UM,
 ) -> Dataset:
     """A one-section dataset for a slide alone; its spots are a lattice over the tissue."""
-    slide = open_slide(path, mpp=mpp)  # fail early on unreadable files
+    slide = open_slide(path, mpp=mpp)  # fail early on unreadable files and grey images
+    slide.require_colour()
 
     def load_spots() -> SpotTable:
         with open_slide(path, mpp=mpp) as s:

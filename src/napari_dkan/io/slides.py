@@ -70,6 +70,7 @@ class Slide:
             raise SlideError(f"Slide file not found: {self.path}")
         if self.path.is_dir():
             raise SlideError(f"{self.path} is a folder, not a slide file")
+        check_not_empty(self.path)
         self._backend = _open_backend(self.path)
         if mpp is not None:
             if not (mpp > 0 and math.isfinite(mpp)):
@@ -92,6 +93,25 @@ class Slide:
     @property
     def vendor(self) -> str:
         return self._backend.vendor
+
+    @property
+    def grayscale(self) -> bool:
+        """Whether the file holds one grey channel instead of colour (read from its header)."""
+        return self._backend.grayscale
+
+    def require_colour(self) -> None:
+        """Refuse a grayscale slide where colour matters: tissue detection and the model.
+
+        H&E is read by its colours (tissue is found by its stain's saturation, and the image
+        encoders were trained on colour); a grey copy cannot be predicted from meaningfully,
+        and converting it to three equal channels would only hide that.
+        """
+        if self.grayscale:
+            raise SlideError(
+                f"{self.path.name} is a grayscale image: napari-dkan needs the colour (RGB) scan "
+                "of an H&E slide, as tissue detection and the model read the stain's colours. "
+                "Give the colour image."
+            )
 
     @property
     def levels(self) -> list[Level]:
@@ -129,6 +149,15 @@ class Slide:
                 "(--mpp in the command line, mpp= in Python)"
             )
         return self._mpp
+
+    def check_pixels(self) -> None:
+        """Read the pixels once now, so a damaged file (a truncated JPEG, say) fails here with
+        its name rather than later, in napari's draw loop or midway through a prediction.
+
+        A plain image is decoded (it would be at the first read anyway, and stays cached); an
+        OpenSlide file already had a pixel read when it was opened.
+        """
+        self._backend.check_pixels()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -241,12 +270,41 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     return Slide(path, mpp=mpp)
 
 
+def check_not_empty(path: Path) -> None:
+    """Refuse a zero-byte file with a message that says so (not "unsupported format")."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideError(
+            f"{path.name} is empty (0 bytes): it was probably not fully copied or downloaded. "
+            "Copy it again."
+        )
+
+
+#: the first bytes of each plain image format read here
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF (both byte orders)
+    b"BM",  # BMP
+)
+
+
+def has_image_header(path: Path) -> bool:
+    """Whether the file starts like a JPEG, PNG, TIFF or BMP (its suffix is not asked)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return any(head.startswith(m) for m in _MAGIC)
+
+
 def is_slide_file(path: str | Path) -> bool:
-    """Whether ``path`` looks like an image this module can open (by format, not by reading)."""
+    """Whether ``path`` is an image this module can open, judged by its header, not its name
+    (a text file renamed ``.tif`` is not one); nothing is decoded."""
     p = Path(path)
     if not p.is_file():
         return False
-    if p.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+    if p.suffix.lower() in PLAIN_IMAGE_SUFFIXES and has_image_header(p):
         return True
     import openslide
 
@@ -273,7 +331,7 @@ class _OpenSlideBackend:
         except openslide.OpenSlideError as exc:
             raise SlideError(f"OpenSlide cannot read {path.name} ({vendor}): {exc}") from exc
         self.vendor = vendor
-        self._lock = threading.Lock()
+        self.grayscale = False  # OpenSlide always hands out RGBA
         s = self._slide
         self.levels = [
             Level(int(w), int(h), float(d))
@@ -291,16 +349,13 @@ class _OpenSlideBackend:
         # is fractional and it interpolates by a sub-pixel (at most a grey level or two).
         ds = self.levels[level].downsample
         loc = (int(round(x * ds)), int(round(y * ds)))
-        rgba = np.asarray(self._slide.read_region(loc, level, (w, h)))
-        rgb = rgba[..., :3]
-        alpha = rgba[..., 3]
-        if alpha.min() == 255:
-            return np.ascontiguousarray(rgb)
-        a = alpha[..., None].astype(np.float32) / 255.0
-        return (rgb * a + BACKGROUND * (1.0 - a)).round().astype(np.uint8)
+        return on_background(np.asarray(self._slide.read_region(loc, level, (w, h))))
 
     def pyramid(self) -> list[dask.array.Array]:
         return [_lazy_level(self, i) for i in range(len(self.levels))]
+
+    def check_pixels(self) -> None:
+        pass  # the coarsest level was read when the file was opened
 
     def close(self) -> None:
         self._slide.close()
@@ -314,7 +369,7 @@ class _ArrayBackend:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        w, h, self.mpp, self.vendor = _probe_plain(path)
+        w, h, self.mpp, self.vendor, self.grayscale = _probe_plain(path)
         self.levels = [Level(w, h, 1.0)]
         while max(w, h) > 2 * DEFAULT_CHUNK:
             w, h = w // 2, h // 2
@@ -326,10 +381,16 @@ class _ArrayBackend:
     def _array(self) -> np.ndarray:
         return _decode_plain(self._path)
 
+    def check_pixels(self) -> None:
+        self._array  # noqa: B018 - decoding is the check
+
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         if level == 0:
             return self._array[y : y + h, x : x + w]
-        return np.asarray(self.pyramid()[level][y : y + h, x : x + w])
+        # computed here, in this thread: inside a Dask worker (predict-cohort) the default
+        # scheduler would be the cluster's, and this slide's graph would be shipped to it
+        # (deadlocking a one-thread worker, and hiding the slide's own error behind Dask's)
+        return self.pyramid()[level][y : y + h, x : x + w].compute(scheduler="synchronous")
 
     def pyramid(self) -> list[dask.array.Array]:
         if self._pyramid is None:
@@ -346,6 +407,19 @@ class _ArrayBackend:
 
     def close(self) -> None:
         pass
+
+
+def on_background(rgba: np.ndarray) -> np.ndarray:
+    """RGB of an RGBA image composited on white: transparent pixels are empty glass, not the
+    colour a file happens to store under them (OpenSlide's convention for every format)."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    # in integers: (rgb·a + 255·(255 − a)) / 255 never exceeds 65,025, so uint16 holds it
+    # (a 9,300×9,900 RGBA image needs 0.55 GB here rather than 1.1 GB of float32)
+    a = alpha[..., None].astype(np.uint16)
+    mixed = rgb.astype(np.uint16) * a + BACKGROUND * (255 - a) + 127
+    return (mixed // 255).astype(np.uint8)
 
 
 def _lazy_level(backend: _OpenSlideBackend | _ArrayBackend, level: int) -> dask.array.Array:
@@ -397,23 +471,29 @@ def _open_backend(path: Path) -> _OpenSlideBackend | _ArrayBackend:
     )
 
 
-# Decoded plain images, keyed by (path, size, mtime): opening the same JPEG twice decodes once.
-_DECODED: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+# Decoded plain images, keyed by file identity (path, size, mtime): the same JPEG decodes once.
+_DECODED: OrderedDict[str, np.ndarray] = OrderedDict()
 _DECODED_MAX = 2
 _DECODE_LOCK = threading.Lock()
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+def _file_key(path: Path) -> str:
+    from napari_dkan.storage import file_identity
+
+    return file_identity(path)
 
 
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
-def _probe_plain(path: Path) -> tuple[int, int, float | None, str]:
-    """(width, height, µm/px or None, format) from the header, refusing oversize images."""
+#: Pillow modes with one grey channel (with or without alpha)
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def _probe_plain(path: Path) -> tuple[int, int, float | None, str, bool]:
+    """(width, height, µm/px or None, format, grayscale) from the header; refuses oversize
+    images."""
     if _is_tiff(path):
         import tifffile
 
@@ -422,6 +502,7 @@ def _probe_plain(path: Path) -> tuple[int, int, float | None, str]:
                 page = tif.pages[0]
                 h, w = page.shape[:2]
                 mpp = _tiff_mpp(page)
+                grey = int(page.photometric) in (0, 1)  # MINISWHITE, MINISBLACK
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types for broken files
             raise SlideError(f"{path.name} could not be read as a TIFF image: {exc}") from exc
         fmt = "tiff"
@@ -433,6 +514,7 @@ def _probe_plain(path: Path) -> tuple[int, int, float | None, str]:
                 w, h = probe.size
                 fmt = (probe.format or path.suffix.lstrip(".")).lower()
                 dpi = probe.info.get("dpi")
+                grey = probe.mode in _GREY_MODES
         except (UnidentifiedImageError, OSError) as exc:
             raise SlideError(f"{path.name} is not a readable image: {exc}") from exc
         mpp = None
@@ -440,7 +522,7 @@ def _probe_plain(path: Path) -> tuple[int, int, float | None, str]:
         if dpi and dpi[0] and float(dpi[0]) > 1000:
             mpp = 25400.0 / float(dpi[0])
     _check_size(path, w, h)
-    return int(w), int(h), mpp, fmt
+    return int(w), int(h), mpp, fmt, grey
 
 
 def _decode_plain(path: Path) -> np.ndarray:
@@ -491,6 +573,8 @@ _PILLOW_LOCK = threading.RLock()
 def _decode_pillow(path: Path) -> np.ndarray:
     try:
         with _unbounded_pillow() as Image, Image.open(path) as im:
+            if "A" in im.getbands() or "transparency" in im.info:
+                return on_background(np.asarray(im.convert("RGBA")))
             return np.asarray(im.convert("RGB"))
     except OSError as exc:
         raise SlideError(f"{path.name} could not be decoded: {exc}") from exc
@@ -504,10 +588,14 @@ def _decode_tiff(path: Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001
         raise SlideError(f"{path.name} could not be decoded as a TIFF image: {exc}") from exc
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., None]
     if arr.dtype != np.uint8:
         hi = float(arr.max()) or 1.0
         arr = (arr.astype(np.float32) * (255.0 / hi)).astype(np.uint8)
+    if arr.shape[2] in (1, 2):  # grey, grey + alpha
+        arr = arr[..., [0, 0, 0] + ([1] if arr.shape[2] == 2 else [])]
+    if arr.shape[2] >= 4:  # RGB + alpha (extra sample)
+        return on_background(arr[..., :4])
     return np.ascontiguousarray(arr[..., :3])
 
 

@@ -17,14 +17,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_dkan.io.errors import DataError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 class GridLayout(str, enum.Enum):
@@ -39,6 +35,19 @@ _NEIGHBOUR_OFFSETS = {
     GridLayout.SQUARE: [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)],
     GridLayout.HEX: [(0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)],
 }
+
+
+def neighbour_reach(layout: GridLayout) -> tuple[int, int]:
+    """The largest (|row|, |col|) step from a spot to a grid neighbour: how far smoothing reaches."""
+    offsets = _NEIGHBOUR_OFFSETS[layout]
+    return max(abs(dr) for dr, _ in offsets), max(abs(dc) for _, dc in offsets)
+
+
+def layout_of(array_row: np.ndarray, array_col: np.ndarray) -> GridLayout:
+    """The grid a set of array positions lies on: hexagonal (Visium: row + col always of one
+    parity) or square (legacy ST)."""
+    parity = (np.asarray(array_row) + np.asarray(array_col)) % 2
+    return GridLayout.HEX if len(parity) and (parity == parity[0]).all() else GridLayout.SQUARE
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,20 +119,6 @@ class SpotTable:
     def with_scale(self, mpp: float) -> SpotTable:
         """The same spots with the diameter set from the slide's µm per pixel."""
         return replace(self, diameter_px=self.diameter_um / mpp)
-
-    def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(
-            {
-                "array_row": self.array_row,
-                "array_col": self.array_col,
-                "x": self.x,
-                "y": self.y,
-                "in_tissue": self.in_tissue,
-            },
-            index=pd.Index(self.spot_id, name="spot_id"),
-        )
 
     def neighbour_index(self, include_self: bool = False) -> np.ndarray:
         """N×K indices of each spot's grid neighbours, -1 where the neighbour is absent."""

@@ -24,13 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_dkan.io.counts import read_10x_h5
+from napari_dkan.io.counts import Counts, read_10x_h5
 from napari_dkan.io.dataset import Dataset, Section
 from napari_dkan.io.errors import DataError
+from napari_dkan.io.gene_names import symbolise
+from napari_dkan.io.preview import Preview, pick_preview
 from napari_dkan.io.spots import GridLayout, SpotTable
 
 VISIUM_PITCH_UM = 100.0
 VISIUM_DIAMETER_UM = 55.0
+#: Space Ranger's ``spot_diameter_fullres`` spans "a theoretical 65 µm spot" (10x's definition),
+#: wider than the 55 µm capture spot: its scale is 65 µm per that many pixels
+SPACERANGER_SPOT_UM = 65.0
 _POSITION_FILES = ("tissue_positions.parquet", "tissue_positions.csv", "tissue_positions_list.csv")
 _COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 _MATRICES = ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")
@@ -38,6 +43,18 @@ IMAGE_HINT = (
     "Space Ranger does not copy the full-resolution image into its outputs: pass the image "
     "given to Space Ranger's --image (e.g. --image SLIDE.tif, image= in Python)."
 )
+
+
+def true_diameter_px(spot_diameter_fullres: float | None) -> float | None:
+    """The 55 µm capture spot in pixels, from Space Ranger's 65 µm ``spot_diameter_fullres``."""
+    if not spot_diameter_fullres:
+        return None
+    return float(spot_diameter_fullres) * VISIUM_DIAMETER_UM / SPACERANGER_SPOT_UM
+
+
+def spaceranger_diameter(diameter_px: float) -> float:
+    """Space Ranger's ``spot_diameter_fullres`` (65 µm) for a 55 µm spot ``diameter_px`` wide."""
+    return float(diameter_px) * SPACERANGER_SPOT_UM / VISIUM_DIAMETER_UM
 
 
 def find_spaceranger_outs(path: Path) -> Path | None:
@@ -91,21 +108,46 @@ def read_visium_section(outs: Path, image: str | Path | None = None, name: str |
             x=positions["pxl_col_in_fullres"].to_numpy(float),
             y=positions["pxl_row_in_fullres"].to_numpy(float),
             in_tissue=positions["in_tissue"].to_numpy() == 1,
-            diameter_px=float(diameter) if diameter else None,
+            diameter_px=true_diameter_px(diameter),
             layout=GridLayout.HEX,
             pitch_um=VISIUM_PITCH_UM,
             diameter_um=VISIUM_DIAMETER_UM,
             source=str(outs),
         )
 
+    notes: list[str] = []
+    spatial = outs / "spatial"
+    pngs = [f.name for f in sorted(spatial.glob("tissue_*_image.png"))]
+    if pngs and not (spatial / "scalefactors_json.json").is_file():
+        notes.append(
+            f"{spatial / 'scalefactors_json.json'} is missing: {' and '.join(pngs)} cannot be "
+            "placed under the spots, so no image is shown, and the spot size comes from the "
+            "spot pitch; copy the file from the Space Ranger output"
+        )
+
+    def load_counts() -> Counts:
+        counts, found = symbolise(read_10x_h5(matrix), matrix.name)
+        notes.extend(n for n in found if n not in notes)
+        return counts
+
+    def load_preview() -> Preview | None:
+        preview = low_res_image(spatial)
+        if preview is not None and preview.note and preview.note not in notes:
+            notes.append(preview.note)
+        return preview
+
+    diameter = read_scalefactors(spatial).get("spot_diameter_fullres")
     return Section(
         name=name,
         patient=name,
         image_path=image_path,
+        mpp_hint=SPACERANGER_SPOT_UM / diameter if diameter else None,
         load_spots=load_spots,
-        load_counts=(lambda: read_10x_h5(matrix)) if matrix is not None else None,
+        load_counts=load_counts if matrix is not None else None,
         dataset=name,
         missing_image_hint=IMAGE_HINT,
+        load_preview=load_preview,
+        notes=notes,
     )
 
 
@@ -153,15 +195,21 @@ def read_scalefactors(spatial: Path) -> dict[str, float]:
         raise DataError(f"cannot read {f}: {exc}") from exc
 
 
-def low_res_image(spatial: Path) -> tuple[np.ndarray, float] | None:
-    """Space Ranger's hires (else lowres) PNG and its scale factor from full resolution."""
+def low_res_image(spatial: Path) -> Preview | None:
+    """Space Ranger's hires PNG, else its lowres PNG (whichever has content), with its scale."""
     from PIL import Image
 
     factors = read_scalefactors(spatial)
-    for kind in ("hires", "lowres"):
-        f = spatial / f"tissue_{kind}_image.png"
-        scale = factors.get(f"tissue_{kind}_scalef")
-        if f.is_file() and scale:
-            with Image.open(f) as im:
-                return np.asarray(im.convert("RGB")), float(scale)
-    return None
+
+    def candidates():  # noqa: ANN202 - a generator of (kind, image, scale)
+        for kind in ("hires", "lowres"):
+            f = spatial / f"tissue_{kind}_image.png"
+            if f.is_file():
+                try:
+                    with Image.open(f) as im:
+                        image = np.asarray(im.convert("RGBA"))
+                except OSError as exc:
+                    raise DataError(f"cannot read {f}: {exc}") from exc
+                yield kind, image, factors.get(f"tissue_{kind}_scalef")
+
+    return pick_preview(candidates())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from napari_dkan.paths import cache_dir
+from napari_dkan.storage import StorageError, atomic_write
+
+log = logging.getLogger(__name__)
 
 FailureKind = Literal["timeout", "http_error", "network_error", "malformed"]
 USER_AGENT = "napari-dkan (https://github.com/napari-dkan/napari-dkan)"
@@ -106,8 +109,8 @@ class ResultStore:
         return entry.get("value") if isinstance(entry, dict) and entry.get("key") == key else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        path = self._path(key)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "stored": time.time(), "value": value},
-                                  ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        data = json.dumps({"key": key, "stored": time.time(), "value": value}, ensure_ascii=False)
+        try:
+            atomic_write(self._path(key), data.encode("utf-8"))  # a reader never sees half a file
+        except StorageError as exc:
+            log.warning("a fetched answer was not stored (%s); it will be fetched again next time", exc)

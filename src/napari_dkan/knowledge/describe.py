@@ -117,8 +117,3 @@ def describe(resolution: Resolution, disease: str | None = None,
         lists[longest].pop()
         text = _assemble(head, kind, lists, tail)
     return _truncate(text, limits.max_words)
-
-
-def describe_many(resolutions: list[Resolution], disease: str | None = None,
-                  limits: DescriptionLimits = DescriptionLimits()) -> list[str]:
-    return [describe(r, disease, limits) for r in resolutions]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from napari_dkan.paths import cache_dir
+from napari_dkan.storage import atomic_write
 
 _TENSOR = "embeddings"
 
@@ -57,9 +57,7 @@ def store(key: str, matrix: np.ndarray, meta: dict[str, str]) -> Path:
     from safetensors.numpy import save_file
 
     path = _path(key)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({_TENSOR: np.ascontiguousarray(matrix, dtype=np.float32)}, str(tmp),
-              metadata={"key": key, **{k: str(v) for k, v in meta.items()},
-                        "written_by": "napari-dkan"})
-    os.replace(tmp, path)  # atomic, so concurrent runs never read half a file
+    atomic_write(path, lambda tmp: save_file(  # concurrent runs never read half a file
+        {_TENSOR: np.ascontiguousarray(matrix, dtype=np.float32)}, str(tmp),
+        metadata={"key": key, **{k: str(v) for k, v in meta.items()}, "written_by": "napari-dkan"}))
     return path

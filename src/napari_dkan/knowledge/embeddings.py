@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from napari_dkan.knowledge.llm import LlmSettings
 from napari_dkan.knowledge.ncbi import NcbiSettings
 from napari_dkan.knowledge.table import load_table
 from napari_dkan.knowledge.texts import GeneText, TextSource, gene_texts, texts_from_tsv
+from napari_dkan.storage import StorageError
 
 MATRIX_KEY = "gene_embeddings"
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
@@ -92,8 +95,11 @@ def embed_texts(texts: Sequence[str], encoder: str = DEFAULT_ENCODER, pooling: s
         return cached, {**info, "dim": int(cached.shape[1]), "from_cache": True}
     model = TextEncoder(spec, device=device, max_length=max_length)
     matrix = model.encode(texts, pooling, batch_size=batch_size, progress=progress)
-    embedding_cache.store(key, matrix, {"encoder": spec.name, "identity": spec.identity,
-                                        "pooling": pooling, "n": str(len(texts))})
+    try:
+        embedding_cache.store(key, matrix, {"encoder": spec.name, "identity": spec.identity,
+                                            "pooling": pooling, "n": str(len(texts))})
+    except StorageError as exc:  # the cache only saves time: embed on without it
+        log.warning("text embeddings were not cached (%s); continuing without the cache", exc)
     return matrix, {**info, "dim": int(matrix.shape[1]), "from_cache": False}
 
 

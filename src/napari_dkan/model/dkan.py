@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from napari_dkan.model.blocks import CrossAttentionLayer, TransformerStack, projection
+from napari_dkan.model.blocks import (
+    CrossAttentionLayer, Dropout, TransformerStack, projection, set_dropout_sampler,
+)
 from napari_dkan.model.config import Alignment, DKANConfig, PatchInput
 
 
@@ -176,7 +178,7 @@ class ExpressionEncoder(nn.Module):
         self.inp = nn.Linear(n_genes, d)
         self.hidden = nn.Linear(d, d)
         self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, y: Tensor) -> Tensor:
@@ -234,6 +236,7 @@ class DKAN(nn.Module):
         else:
             self.fusion_head = nn.Linear(d, n_genes)
             self.aux_heads = nn.ModuleList(nn.Linear(d, n_genes) for _ in range(3))
+        set_dropout_sampler(self, cfg.dropout_sampler)
 
     # -- pieces ------------------------------------------------------------------------------
     def slide_tokens(self, inputs: SpotInputs) -> Tensor:
@@ -259,6 +262,50 @@ class DKAN(nn.Module):
         keep = (~mask).unsqueeze(-1).to(tokens.dtype)
         return (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
+    def encode_queries(self, panel_text: Tensor, query_text: Tensor, chunk: int = 64) -> Tensor:
+        """Gene tokens (Q×d) for texts of genes outside the trained panel.
+
+        The text transformer treats the genes as a set, so a gene's token depends on the others
+        present.  Each query joins the trained panel as its one extra member: its token is the
+        one it would get beside the panel, and no query changes another's (or the panel's).
+        """
+        if not self.cfg.use_text:
+            raise ValueError("a model without gene text cannot be queried by text")
+        if query_text.ndim != 2 or query_text.shape[1] != panel_text.shape[1]:
+            raise ValueError(f"query embeddings must be Q×{panel_text.shape[1]} (the width of the "
+                             f"panel's text embeddings), got {tuple(query_text.shape)}")
+        panel = self.text_proj(panel_text)  # G×d
+        queries = self.text_proj(query_text)  # Q×d
+        out = []
+        for a in range(0, queries.shape[0], chunk):
+            q = queries[a : a + chunk]
+            seq = torch.cat([panel.expand(q.shape[0], -1, -1), q[:, None]], dim=1)
+            out.append(self.text_encoder(seq)[:, -1])
+        return torch.cat(out) if out else panel.new_zeros(0, panel.shape[1])
+
+    def predict_queries(self, inputs: SpotInputs, panel_text: Tensor, query_text: Tensor) -> Tensor:
+        """Predictions (B×Q) for genes given only by their text embeddings (``query_text``),
+        beside the panel the model was trained on (``panel_text``); see :meth:`encode_queries`."""
+        kv, kv_mask, *_ = self._image(inputs)
+        genes = self.encode_queries(panel_text, query_text)
+        e_ti = self.align_image(genes.expand(kv.shape[0], -1, -1), kv, key_mask=kv_mask)
+        return self.gene_head(e_ti).squeeze(-1)
+
+    def _image(self, inputs: SpotInputs) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+        """The alignment's key/value tokens and mask, and the fused, patch, region, slide tokens."""
+        patch = self.patch_branch(inputs.patch)  # B×49×d
+        region = self.region_branch(inputs.region, inputs.region_mask)  # B×25×d
+        ctx = self.slide_tokens(inputs)  # B×d
+        fused = self.fusion(ctx, patch, region, inputs.region_mask)  # B×d
+        b = fused.shape[0]
+        if self.cfg.alignment is Alignment.FAITHFUL:
+            kv, kv_mask = fused[:, None], None
+        else:
+            kv = torch.cat([patch, region, ctx[:, None]], dim=1)
+            free = torch.zeros(b, patch.shape[1], dtype=torch.bool, device=kv.device)
+            kv_mask = torch.cat([free, inputs.region_mask, free[:, :1]], dim=1)
+        return kv, kv_mask, fused, patch, region, ctx
+
     # -- forward -----------------------------------------------------------------------------
     def forward(self, inputs: SpotInputs, gene_text: Tensor | None = None,
                 contrastive_genes: Tensor | None = None) -> ModelOutput:
@@ -267,10 +314,7 @@ class DKAN(nn.Module):
         ``contrastive_genes`` restricts the expression path to those genes (InfoNCE then runs
         over them only): the path's cost grows with B·K instead of B·G.
         """
-        patch = self.patch_branch(inputs.patch)  # B×49×d
-        region = self.region_branch(inputs.region, inputs.region_mask)  # B×25×d
-        ctx = self.slide_tokens(inputs)  # B×d
-        fused = self.fusion(ctx, patch, region, inputs.region_mask)  # B×d
+        kv, kv_mask, fused, patch, region, ctx = self._image(inputs)
         region_mean = self._masked_mean(region, inputs.region_mask)
         if not self.cfg.use_text:
             pred = self.fusion_head(fused)
@@ -279,12 +323,6 @@ class DKAN(nn.Module):
         if gene_text is None:
             raise ValueError("DKAN needs the gene-text embeddings")
         b = fused.shape[0]
-        if self.cfg.alignment is Alignment.FAITHFUL:
-            kv, kv_mask = fused[:, None], None
-        else:
-            kv = torch.cat([patch, region, ctx[:, None]], dim=1)
-            free = torch.zeros(b, patch.shape[1], dtype=torch.bool, device=kv.device)
-            kv_mask = torch.cat([free, inputs.region_mask, free[:, :1]], dim=1)
         genes = self.encode_text(gene_text)
         e_ti = self.align_image(genes.expand(b, -1, -1), kv, key_mask=kv_mask)
         pred = self.gene_head(e_ti).squeeze(-1)

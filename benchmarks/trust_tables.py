@@ -1,0 +1,193 @@
+"""Both trust tables of benchmarks/README.md from a leave-one-section-out CV folder.
+
+For every fold folder ``CV/fold-<S>`` (its config names the training and inner-validation
+sections): the fold model's trust files are attached after the fact (calibration on its
+inner-validation section only, domain summary of its training sections, reliability from its
+validation spots), then its held-out test section S is scored:
+
+- **coverage**: fraction of spot × gene values inside the nominal 80 % / 90 % intervals; mean
+  width of the 90 % intervals; the same for a constant-width split-conformal interval calibrated
+  on the same spots (the usual baseline); the ratio of our mean width to the constant width that
+  reaches *the same* coverage on S, gene by gene (< 0.9 = at least 10 % narrower); the Spearman ρ
+  between a spot's interval width and its absolute error, averaged over genes;
+- **out of domain**: S's slide score under the fold's summary (which never saw S) and whether it
+  is warned; each foreign slide's score under every fold's summary; AUROC of held-out HER2ST
+  sections (in domain) against the foreign slides (pairs taken within the same fold summary).
+
+    python benchmarks/trust_tables.py CV_DIR --data ../shared/data/her2st [--json out.json]
+
+The feature cache (``NAPARI_DKAN_CACHE``) makes a second run fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def foreign_slides() -> dict[str, object]:
+    """Slides of other tissue, each with a lattice of spots over its detected tissue."""
+    from napari_dkan.io.dataset import open_section
+
+    out: dict[str, object] = {}
+    cmu = SHARED / "wsi" / "CMU-1-Small-Region.svs"
+    if cmu.is_file():
+        out["CMU-1 (skin, H&E)"] = open_section(cmu, None, "lattice")
+    visium = SHARED / "visium" / "scanpy-v1.0.0" / "spatial"
+    if (visium / "tissue_lowres_image.png").is_file():
+        sf = json.loads((visium / "scalefactors_json.json").read_text())
+        mpp = 55.0 / sf["spot_diameter_fullres"] / sf["tissue_lowres_scalef"]  # Visium spots: 55 µm
+        out["Visium folder (mouse brain, lowres PNG)"] = open_section(
+            visium / "tissue_lowres_image.png", None, "lattice", mpp=mpp)
+    try:
+        import skimage
+
+        ihc = Path(skimage.__file__).parent / "data" / "ihc.png"
+        if ihc.is_file():  # scikit-image's sample: human colon, IHC (DAB + haematoxylin)
+            out["scikit-image ihc.png (colon, IHC; 0.5 µm/px assumed)"] = open_section(ihc, None, "lattice", mpp=0.5)
+    except ImportError:
+        pass
+    return out
+
+
+def auroc(inside: list[float], outside: list[float]) -> float:
+    """P(score of an out-of-domain slide > score of an in-domain one), ties counting half."""
+    pairs = [(o > i) + 0.5 * (o == i) for i in inside for o in outside]
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def spearman_by_gene(width: np.ndarray, err: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    rhos = []
+    for g in range(width.shape[1]):
+        if np.ptp(width[:, g]) > 0 and np.ptp(err[:, g]) > 0:
+            rhos.append(spearmanr(width[:, g], err[:, g]).statistic)
+    return float(np.nanmean(rhos)) if rhos else float("nan")
+
+
+def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], dict]:
+    from napari_dkan.engine.conformal import coverage_and_width
+    from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.engine.trust import assess, attach_from_data
+    from napari_dkan.io.dataset import open_dataset
+
+    ds = open_dataset(data_root)
+    foreign = foreign_slides()
+    rows, foreign_scores = [], {name: {} for name in foreign}
+    for fold_dir in sorted(cv_dir.glob("fold-*")):
+        t0 = time.perf_counter()
+        test = fold_dir.name.removeprefix("fold-")
+        model = TrainedModel.load(fold_dir)
+        tr = model.config["training"]
+        load = lambda n: model.section_data(ds[n], with_targets=True, device=device)  # noqa: E731
+        train, val = [load(n) for n in tr["train_sections"]], [load(n) for n in tr["val_sections"]]
+        trust = attach_from_data(model, train, val, predict=lambda d: model.predict(d, device=device))
+        model.reload_trust()
+        data = load(test)
+        pred = np.asarray(model.predict(data, device=device), dtype=np.float64)
+        err = np.abs(data.y - pred)
+        row: dict = {"fold": test, "train": tr["train_sections"], "calibrated_on": tr["val_sections"],
+                     "median_gene_r": float(np.nanmedian(trust.reliability.r))}
+        # the constant-width baseline, calibrated on the same validation spots
+        vpred = np.concatenate([np.asarray(model.predict(d, device=device)) for d in val])
+        verr = np.abs(np.concatenate([d.y for d in val]) - vpred)
+        for level in (0.8, 0.9):
+            half = assess(trust, pred, data.patch_feat, level).halfwidth.astype(np.float64)
+            cov, width = coverage_and_width(pred, data.y, half)
+            n = len(verr)
+            const = np.sort(verr, axis=0)[min(int(np.ceil((n + 1) * level)), n) - 1]
+            ccov, cwidth = coverage_and_width(pred, data.y, np.broadcast_to(const, pred.shape))
+            per_gene = (err <= half).mean(axis=0)
+            equal = np.array([np.quantile(err[:, g], per_gene[g]) for g in range(err.shape[1])])
+            tag = round(level * 100)
+            row.update({f"coverage_{tag}": cov, f"width_{tag}": width,
+                        f"const_coverage_{tag}": ccov, f"const_width_{tag}": cwidth,
+                        f"width_ratio_equal_coverage_{tag}": width / (2 * float(equal.mean())),
+                        f"genes_within_10pt_{tag}": float(np.mean(np.abs(per_gene - level) <= 0.10))})
+            if level == 0.9:
+                row["spearman_width_abs_error"] = spearman_by_gene(half, err)
+        dom = trust.domain
+        row.update({"ood_score": dom.slide_score(data.patch_feat), "ood_threshold": dom.threshold,
+                    "ood_held_out": dom.held_out})
+        row["warned"] = bool(row["ood_score"] > dom.threshold)
+        for name, section in foreign.items():
+            feats = model.section_data(section, with_targets=False, device=device).patch_feat
+            foreign_scores[name][test] = {"score": dom.slide_score(feats), "threshold": dom.threshold,
+                                          "spots": int(len(feats))}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "ood_held_out"}), flush=True)
+    return rows, foreign_scores
+
+
+def summarise(rows: list[dict], foreign: dict) -> dict:
+    keys = [k for k in rows[0] if isinstance(rows[0][k], float) and k not in ("ood_threshold",)]
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    inside, outside = [], []
+    for r in rows:
+        for name, by_fold in foreign.items():
+            if r["fold"] in by_fold:
+                inside.append(r["ood_score"])
+                outside.append(by_fold[r["fold"]]["score"])
+    pooled_in = [r["ood_score"] for r in rows]
+    pooled_out = [v["score"] for by in foreign.values() for v in by.values()]
+    return {"mean": mean, "auroc_pooled": auroc(pooled_in, pooled_out),
+            "auroc_within_fold": float(np.mean([(o > i) + 0.5 * (o == i) for i, o in zip(inside, outside)]))
+            if inside else float("nan"),
+            "held_out_warned": [r["fold"] for r in rows if r["warned"]],
+            "foreign_warned": {n: sum(v["score"] > v["threshold"] for v in by.values()) for n, by in foreign.items()}}
+
+
+def markdown(rows: list[dict], foreign: dict, summary: dict) -> str:
+    lines = ["| test section | calibrated on | coverage 80 % | coverage 90 % | width 90 % | constant-width conformal: coverage 90 % / width | width ÷ constant width at equal coverage (90 %) | Spearman ρ(width, abs. error) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['fold']} | {', '.join(r['calibrated_on'])} | {r['coverage_80']:.3f} | {r['coverage_90']:.3f} | "
+                     f"{r['width_90']:.3f} | {r['const_coverage_90']:.3f} / {r['const_width_90']:.3f} | "
+                     f"{r['width_ratio_equal_coverage_90']:.3f} | {r['spearman_width_abs_error']:.3f} |")
+    m = summary["mean"]
+    lines.append(f"| **mean** | | {m['coverage_80']:.3f} | {m['coverage_90']:.3f} | {m['width_90']:.3f} | "
+                 f"{m['const_coverage_90']:.3f} / {m['const_width_90']:.3f} | {m['width_ratio_equal_coverage_90']:.3f} | "
+                 f"{m['spearman_width_abs_error']:.3f} |")
+    lines += ["", "| slide | scored by | out-of-domain score | threshold | warned |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| HER2ST {r['fold']} (held out) | fold {r['fold']} (trained on {', '.join(r['train'])}) | "
+                     f"{r['ood_score']:.2f} | {r['ood_threshold']:.2f} | {'**yes**' if r['warned'] else 'no'} |")
+    for name, by in foreign.items():
+        scores = [v["score"] for v in by.values()]
+        warned = sum(v["score"] > v["threshold"] for v in by.values())
+        lines.append(f"| {name} | each of the {len(by)} fold summaries | {min(scores):.2f}–{max(scores):.2f} | "
+                     f"{min(v['threshold'] for v in by.values()):.2f}–{max(v['threshold'] for v in by.values()):.2f} | "
+                     f"{warned} of {len(by)} |")
+    lines.append(f"\nAUROC (held-out HER2ST vs other tissue, pooled): {summary['auroc_pooled']:.3f}; "
+                 f"within each fold's summary: {summary['auroc_within_fold']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cv_dir", type=Path)
+    ap.add_argument("--data", type=Path, default=SHARED / "her2st")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, help="write every figure here")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    rows, foreign = fold_rows(args.cv_dir, args.data, args.device)
+    summary = summarise(rows, foreign)
+    if args.json:
+        args.json.write_text(json.dumps({"folds": rows, "foreign": foreign, "summary": summary}, indent=1))
+    print(markdown(rows, foreign, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

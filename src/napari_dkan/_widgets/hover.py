@@ -1,0 +1,66 @@
+"""What hovering a spot says: where it is (in µm), and the gene's measured, predicted and
+residual values together, whichever layer the pointer is over.
+
+No Qt, no napari.  :func:`spot_hover` builds the lines from the session; the layer builder hands
+each spots layer a closure over it.  Other features add lines without touching this module's
+callers: append a :data:`HoverField` to :data:`EXTRA_FIELDS` (e.g. a prediction interval), or
+pass ``extra=`` for one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_dkan._widgets.session import SpotSession
+
+#: a field: the session and a spot's index in the section → one more line (None: nothing to say)
+HoverField = Callable[["SpotSession", int], "str | None"]
+#: fields every hover shows after the values, in order
+EXTRA_FIELDS: list[HoverField] = []
+
+
+def spot_position_um(session: SpotSession, index: int) -> tuple[float, float]:
+    """The spot's centre (x, y) in µm from the slide's top-left corner."""
+    spots, mpp = session.section.spots, float(session.section.mpp)
+    return float(spots.x[index]) * mpp, float(spots.y[index]) * mpp
+
+
+def value_text(value: float) -> str:
+    return f"{value:.2f}" if np.isfinite(value) else "n/a"
+
+
+def gene_readings(session: SpotSession, index: int) -> list[tuple[str, float]]:
+    """(what, value) of the current gene at the spot: measured, predicted, residual, as known."""
+    readings = []
+    measured = predicted = np.nan
+    if session.measured is not None:
+        measured = float(session.gene_values(session.measured)[index])
+        readings.append(("measured", measured))
+    if session.predicted is not None:
+        predicted = float(session.gene_values(session.predicted)[index])
+        readings.append(("predicted", predicted))
+    if np.isfinite(measured) and np.isfinite(predicted):
+        readings.append(("residual", predicted - measured))
+    return readings
+
+
+def spot_hover(session: SpotSession, index: int,
+               extra: Sequence[HoverField] = ()) -> list[str]:
+    """The hover lines of spot ``index`` of the session's section."""
+    spots = session.section.spots
+    x, y = spot_position_um(session, index)
+    lines = [f"spot {spots.spot_id[index]} at x {x:,.0f} µm, y {y:,.0f} µm"]
+    if session.gene is not None:
+        readings = gene_readings(session, index)
+        if readings:
+            lines.append(f"{session.gene}: " + " · ".join(f"{what} {value_text(v)}"
+                                                         for what, v in readings))
+    for field in (*EXTRA_FIELDS, *extra):
+        line = field(session, index)
+        if line:
+            lines.append(line)
+    return lines

@@ -1,0 +1,267 @@
+"""How far to trust what the prediction dock shows, in words and in one extra layer.
+
+- :class:`TrustPanel`: the chosen gene's expected r on unseen sections with its verdict
+  (reliable ≥ 0.3 > weak ≥ 0.1 > unreliable), the gene list's order / filter by it, a notice when
+  the section in view trained or selected the model, the model's lineage, an out-of-domain
+  banner, and the *uncertainty layer* switch.  When a run lacks a part (older runs), it says so.
+- :class:`UncertaintyLayer`: the chosen gene's interval width per spot (its own colormap).
+- :func:`mark_reliability`: the predicted layer of an unreliable gene is drawn faded and the
+  canvas carries a label saying the gene is unreliable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from napari_dkan._widgets.expression import spot_features
+from napari_dkan._widgets.sources import META_KEY
+from napari_dkan._widgets.spots_layer import SpotsLayer
+from napari_dkan.engine.reliability import verdict
+
+if TYPE_CHECKING:
+    from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.engine.trust import SpotTrust
+
+UNCERTAINTY = "uncertainty"
+UNCERTAINTY_COLORMAP = "bop orange"  # not the expression colormap: a width is not a level
+PANEL_ORDER, BY_RELIABILITY, RELIABLE_ONLY = "panel order", "most reliable first", "hide unreliable genes"
+SEEN_NOTICE = "this section was used to {what} the model: the score is optimistic"
+OOD_BANNER = ("⚠ this tissue looks unlike the model's training data ({domain}): predictions may be "
+              "meaningless (out-of-domain score {score:.2f}, threshold {threshold:.2f})")
+FADED_OPACITY, NORMAL_OPACITY = 0.35, 0.9
+_WARN = "color: black; background-color: #f2b134; padding: 3px; border-radius: 3px;"
+_ALARM = "color: white; background-color: #b3261e; padding: 4px; border-radius: 3px; font-weight: bold;"
+
+
+def training_domain(model: TrainedModel) -> str:
+    """The model's training data in words (the bundled model: HER2+ breast cancer)."""
+    name = (model.config.get("dataset") or {}).get("name") or ""
+    if "HER2" in name.upper():
+        return "HER2+ breast cancer"
+    return name or ", ".join(model.config.get("training", {}).get("train_sections") or []) or "unknown"
+
+
+def seen_as(model: TrainedModel | None, section_name: str | None) -> str | None:
+    """``training`` / ``validation`` when the section trained or selected the model, else None."""
+    if model is None or section_name is None:
+        return None
+    return model.seen_sections.get(section_name)
+
+
+def lineage_text(model: TrainedModel) -> str:
+    """``fine-tuned from A (B4, C2) ← …`` for a fine-tuned run; empty otherwise."""
+    chain = model.config.get("ancestry") or []
+    if not chain:
+        return ""
+    own = ", ".join(model.config.get("training", {}).get("train_sections") or [])
+    steps = [f"{a.get('name')} (trained on {', '.join(a.get('train_sections') or []) or '?'})"
+             for a in reversed(chain)]
+    return f"fine-tuned on {own or '?'} from " + " ← ".join(steps)
+
+
+class TrustPanel(QWidget):
+    """The dock's trust section; see the module docstring."""
+
+    order_changed = Signal()
+    uncertainty_toggled = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.banner = QLabel(wordWrap=True, styleSheet=_ALARM)
+        self.banner.hide()
+        self.seen = QLabel(wordWrap=True, styleSheet=_WARN)
+        self.seen.hide()
+        self.gene_line = QLabel("choose a model to see how reliable each gene is", wordWrap=True)
+        self.lineage = QLabel(wordWrap=True)
+        self.lineage.hide()
+        self.missing = QLabel(wordWrap=True)
+        self.missing.hide()
+        self.order = QComboBox(toolTip="order or filter the gene list by expected r on unseen sections "
+                                       "(reliable ≥ 0.3, unreliable < 0.1)")
+        self.order.addItems([PANEL_ORDER, BY_RELIABILITY, RELIABLE_ONLY])
+        self.uncertainty = QCheckBox("Uncertainty layer", toolTip="width of each spot's 90 % "
+                                     "prediction interval for the chosen gene (calibrated on held-out spots)")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("genes:"))
+        row.addWidget(self.order)
+        row.addWidget(self.uncertainty)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for w in (self.banner, self.gene_line, self.seen, self.lineage, self.missing):
+            layout.addWidget(w)
+        layout.addLayout(row)
+        self.order.currentIndexChanged.connect(lambda _: self.order_changed.emit())
+        self.uncertainty.toggled.connect(self.uncertainty_toggled.emit)
+        self._seen: str | None = None
+
+    # -- what the panel knows --------------------------------------------------------------
+    @property
+    def seen_notice(self) -> str | None:
+        if self._seen is None:
+            return None
+        return SEEN_NOTICE.format(what="train" if self._seen == "training" else "select (validate)")
+
+    def show_model(self, model: TrainedModel | None, section_name: str | None) -> None:
+        self._seen = seen_as(model, section_name)
+        notice = self.seen_notice
+        self.seen.setText(f"{section_name}: {notice}" if notice else "")
+        self.seen.setVisible(notice is not None)
+        text = lineage_text(model) if model is not None else ""
+        self.lineage.setText(text)
+        self.lineage.setVisible(bool(text))
+        missing = model.trust.missing if model is not None else []
+        self.missing.setText(("this model carries no " + ", no ".join(missing)
+                              + " (trained before napari-dkan recorded them; `napari-dkan trust` adds them)")
+                             if missing else "")
+        self.missing.setVisible(bool(missing))
+        self.uncertainty.setEnabled(model is not None and model.trust.calibration is not None)
+        self.show_domain(None, model)
+
+    def show_gene(self, model: TrainedModel | None, gene: str | None) -> None:
+        if model is None or gene is None:
+            self.gene_line.setText("")
+            return
+        rel = model.trust.reliability
+        if rel is None:
+            self.gene_line.setText(f"{gene} — expected r on unseen sections: not recorded for this model")
+            return
+        text = rel.describe(gene)
+        if verdict(rel.of(gene)) == "unreliable":
+            text = f"<b>{text}</b> — do not read this gene's map as expression"
+        self.gene_line.setText(text)
+
+    def show_domain(self, spot_trust: SpotTrust | None, model: TrainedModel | None) -> None:
+        check = None if spot_trust is None else spot_trust.domain
+        if check is None or not check.out_of_domain or model is None:
+            self.banner.hide()
+            return
+        self.banner.setText(OOD_BANNER.format(domain=training_domain(model), score=check.score,
+                                              threshold=check.threshold))
+        self.banner.show()
+
+    def gene_list(self, model: TrainedModel | None, genes: Sequence[str]) -> list[str]:
+        """The panel in the chosen order (filtered when asked); the panel as is without reliability."""
+        rel = None if model is None else model.trust.reliability
+        mode = self.order.currentText()
+        if rel is None or mode == PANEL_ORDER:
+            return list(genes)
+        ranked = [g for g in rel.order() if g in set(genes)] + [g for g in genes if g not in rel.genes]
+        if mode == RELIABLE_ONLY:
+            ranked = [g for g in ranked if verdict(rel.of(g)) != "unreliable"]
+        return ranked
+
+
+def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None) -> None:
+    """Fade the predicted layer of an unreliable gene and label the canvas so; undo otherwise.
+
+    The layer keeps its name (scripts find layers by name); the label is napari's text overlay.
+    """
+    if layer is None:
+        return
+    rel = None if model is None or gene is None else model.trust.reliability
+    bad = rel is not None and gene in rel.genes and verdict(rel.of(gene)) == "unreliable"
+    r = None if rel is None else rel.of(gene)
+    layer.opacity = FADED_OPACITY if bad else NORMAL_OPACITY
+    overlay = getattr(viewer, "text_overlay", None)
+    if overlay is None:
+        return
+    if bad:
+        overlay.text = (f"{gene}: UNRELIABLE (expected r {r:.2f})" if r is not None
+                        else f"{gene}: UNRELIABLE (r not measurable)")
+        overlay.color = (1.0, 0.35, 0.3, 1.0)
+        overlay.font_size = 12
+        overlay.position = "top_left"
+        overlay.visible = True
+    elif ": UNRELIABLE (" in overlay.text:
+        overlay.visible = False  # ours: take it down (another tool's text is left alone)
+        overlay.text = ""
+
+
+class UncertaintyLayer:
+    """The chosen gene's interval width over the section's spots (NaN where not predicted)."""
+
+    def __init__(self, viewer: Any, builder: Any) -> None:
+        self.viewer = viewer
+        self.builder = builder
+        self.layer: SpotsLayer | None = None
+        self.halfwidth: np.ndarray | None = None  # (N spots of the section, G), NaN off-scope
+        self.level = 0.9
+        self._stale = False
+
+    def set_trust(self, spot_trust: SpotTrust | None, spot_index: np.ndarray | None) -> None:
+        session = self.builder.session
+        if spot_trust is None or spot_trust.halfwidth is None or spot_index is None:
+            self.halfwidth = None
+            return
+        full = np.full((session.n_spots, spot_trust.halfwidth.shape[1]), np.nan, dtype=np.float32)
+        full[spot_index] = spot_trust.halfwidth
+        self.halfwidth = full
+        self.level = spot_trust.level
+        self._stale = True
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self._fill()
+
+    def gene_halfwidth(self, gene: str | None) -> np.ndarray | None:
+        session = self.builder.session
+        if self.halfwidth is None or gene is None or session.model is None or gene not in session.model.panel:
+            return None
+        return self.halfwidth[:, session.model.panel.index(gene)]
+
+    def show(self, visible: bool) -> SpotsLayer | None:
+        if not visible:
+            if self.layer is not None and self.layer in self.viewer.layers:
+                self.layer.visible = False
+            return self.layer
+        if self.halfwidth is None:
+            return None
+        if self.layer is None or self.layer not in self.viewer.layers:
+            self._add()
+        self.layer.visible = True
+        self._fill()
+        return self.layer
+
+    def _add(self) -> None:
+        session = self.builder.session
+        spots = session.section.spots
+        scale, translate, units = self.builder._pixel_frame()
+        diameter = spots.diameter_px or spots.diameter_um / float(session.section.mpp)
+        self.layer = SpotsLayer(
+            np.column_stack([spots.y, spots.x]), features=self._features(), size=diameter,
+            scale=scale, translate=translate, units=units, border_width=0, opacity=0.9,
+            name=f"{session.section.name} · uncertainty ({round(100 * self.level)} % interval width)",
+            metadata={META_KEY: {"role": UNCERTAINTY, "source": session.source.to_metadata(),
+                                 "gene": session.gene}},
+        )
+        self._stale = False
+        self.viewer.add_layer(self.layer)
+
+    def _features(self) -> Any:
+        session = self.builder.session
+        return spot_features(session.section.spots.spot_id, session.model.panel, 2 * self.halfwidth)
+
+    def _fill(self) -> None:
+        layer, gene = self.layer, self.builder.session.gene
+        if layer is None or gene is None:
+            return
+        if self._stale:
+            layer.features = self._features()
+            self._stale = False
+        if gene not in layer.features:
+            return
+        values = layer.features[gene].to_numpy()
+        layer.metadata[META_KEY]["gene"] = gene
+        layer.shown = np.isfinite(values)
+        layer.face_color = gene
+        layer.face_colormap = UNCERTAINTY_COLORMAP
+        finite = values[np.isfinite(values)]
+        hi = float(np.percentile(finite, 99)) if finite.size else 1.0
+        layer.face_contrast_limits = (0.0, hi if hi > 0 else 1.0)
+        layer.refresh_colors(update_color_mapping=False)
+        colorbar = getattr(layer, "face_colorbar", None)
+        if colorbar is not None:
+            colorbar.visible = True

@@ -1,0 +1,218 @@
+"""The trust layer: reliability files, conformal intervals, out-of-domain score, seen sections."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from napari_dkan.engine.conformal import calibrate, coverage_and_width
+from napari_dkan.engine.domain import fit_summary, fit_with_threshold
+from napari_dkan.engine.reliability import GeneReliability, from_folds, verdict
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# -- conformal intervals on a synthetic case with known truth ---------------------------------
+def _heteroscedastic(n: int, genes: int, rng: np.random.Generator):
+    """Spots with an image feature u; each gene's noise sd grows with u (known), mean known."""
+    u = rng.uniform(0, 1, n)
+    features = np.column_stack([u, rng.normal(size=(n, 5))])
+    pred = rng.uniform(0.5, 2.0, (n, genes)) + u[:, None]
+    sd = 0.02 + 0.8 * u[:, None] ** 2 * np.linspace(0.5, 1.5, genes)[None, :]
+    truth = pred + sd * rng.standard_normal((n, genes))
+    return features, pred, truth, sd
+
+
+def test_conformal_intervals_cover_at_nominal_level_and_follow_the_noise() -> None:
+    rng = np.random.default_rng(3)
+    f_cal, p_cal, t_cal, _ = _heteroscedastic(1200, 6, rng)
+    f_test, p_test, t_test, sd_test = _heteroscedastic(20000, 6, rng)
+    cal = calibrate(p_cal, t_cal, f_cal, [f"g{i}" for i in range(6)])
+    for level in (0.8, 0.9):
+        half = cal.interval_halfwidth(p_test, f_test, level)
+        cov, width = coverage_and_width(p_test, t_test, half)
+        assert abs(cov - level) < 0.025, (level, cov)
+        # every gene, not only on average
+        per_gene = (np.abs(t_test - p_test) <= half).mean(axis=0)
+        assert np.all(np.abs(per_gene - level) < 0.04), per_gene
+        # at 90 %, a constant width per gene reaching the same coverage is clearly wider (at
+        # 80 % even the true noise sd narrows normal intervals by only ~4 %: not asserted)
+        err = np.abs(t_test - p_test)
+        const = np.array([np.quantile(err[:, g], per_gene[g]) for g in range(6)])
+        if level == 0.9:
+            assert width < 0.9 * 2 * const.mean()
+    # the width tracks the true noise and the realised error
+    half = cal.interval_halfwidth(p_test, f_test, 0.9)
+    assert spearmanr(half[:, 0], sd_test[:, 0]).statistic > 0.9
+    assert spearmanr(half[:, 0], np.abs(t_test - p_test)[:, 0]).statistic > 0.3
+
+
+def test_calibration_round_trip_and_any_level(tmp_path: Path) -> None:
+    from napari_dkan.engine.conformal import Calibration
+
+    rng = np.random.default_rng(0)
+    f, p, t, _ = _heteroscedastic(300, 3, rng)
+    cal = calibrate(p, t, f, ["A", "B", "C"], ["C4"])
+    cal.save(tmp_path / "c.safetensors")
+    back = Calibration.load(tmp_path / "c.safetensors")
+    assert back.sections == ["C4"] and back.genes == ["A", "B", "C"]
+    np.testing.assert_allclose(back.interval_halfwidth(p, f, 0.7), cal.interval_halfwidth(p, f, 0.7), rtol=1e-5)
+    assert np.all(back.quantile(0.95) > back.quantile(0.5))
+    assert np.all(np.isinf(back.quantile(0.999)))  # 150 scores cannot certify 99.9 %
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        back.quantile(90)
+    with pytest.raises(ValueError, match="at least 20 held-out spots"):
+        calibrate(p[:10], t[:10], f[:10], ["A", "B", "C"])
+
+
+# -- reliability --------------------------------------------------------------------------------
+def test_reliability_file_is_written_and_read_back(tmp_path: Path) -> None:
+    per = {"B4": np.array([0.6, 0.05, np.nan, 0.2]), "C2": np.array([0.5, -0.1, np.nan, 0.3])}
+    rel = from_folds(["ERBB2", "TAPBP", "FLAT", "MUC1"], per, "leave-one-section-out test")
+    rel.save(tmp_path / "reliability.json")
+    back = GeneReliability.load(tmp_path / "reliability.json")
+    assert back.protocol == "leave-one-section-out test" and back.sections == ["B4", "C2"]
+    assert back.of("ERBB2") == pytest.approx(0.55) and back.of("FLAT") is None
+    assert back.describe("ERBB2") == "ERBB2 — expected r 0.55 ± 0.05 on unseen sections: reliable"
+    assert back.describe("TAPBP").endswith("unreliable") and "-0.03" in back.describe("TAPBP")
+    assert back.describe("MUC1").endswith(": weak")
+    assert back.describe("FLAT").endswith("not measurable on unseen sections: unreliable")
+    assert back.order() == ["ERBB2", "MUC1", "TAPBP", "FLAT"]
+    on_disk = json.loads((tmp_path / "reliability.json").read_text())
+    assert on_disk["thresholds"] == {"reliable": 0.3, "unreliable": 0.1}
+    assert on_disk["r"][2] is None  # NaN is written as null: the file stays valid JSON
+    assert [verdict(x) for x in (0.31, 0.1, 0.09, None)] == ["reliable", "weak", "unreliable", "unreliable"]
+
+
+# -- out-of-domain ------------------------------------------------------------------------------
+def test_domain_threshold_comes_from_held_out_sections() -> None:
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=40)
+    train = {n: centre + rng.normal(size=(300, 40)) for n in ("a", "b", "c")}
+    summary = fit_with_threshold(train, {"v": centre + rng.normal(size=(200, 40))})
+    assert set(summary.held_out) == {"a", "b", "c", "v"}
+    assert summary.threshold == pytest.approx(max(summary.held_out.values()) * 2.0)
+    new_in = centre + rng.normal(size=(200, 40))
+    foreign = centre + 6 + rng.normal(size=(200, 40))
+    assert summary.slide_score(new_in) < summary.threshold < summary.slide_score(foreign)
+    assert fit_summary([train["a"]]).threshold == float("inf")  # nothing held out: never warns
+
+
+def test_out_of_domain_score_ranks_a_foreign_image_above_a_her2st_section(her2st_dataset, wsi_dir) -> None:
+    from napari_dkan.engine.data import FeatureSpec, load_section_data
+    from napari_dkan.io.dataset import open_section
+
+    spec = FeatureSpec(encoder="tiny")
+    feats = {n: load_section_data(her2st_dataset[n], spec, None, device="cpu").patch_feat
+             for n in ("C3", "C4", "C5")}
+    summary = fit_with_threshold({"C3": feats["C3"], "C4": feats["C4"]})
+    skin = open_section(wsi_dir / "CMU-1-Small-Region.svs", None, "lattice")
+    skin_feats = load_section_data(skin, spec, None, device="cpu").patch_feat
+    held_out = summary.slide_score(feats["C5"])
+    assert summary.slide_score(skin_feats) > 1.5 * held_out
+    assert held_out < summary.threshold
+
+
+# -- a run folder: files written by training, read by prediction -----------------------------
+def test_training_writes_trust_files_and_prediction_uses_them(tiny_run_dir: Path, her2st_dataset) -> None:
+    from napari_dkan.engine.predict import predict_section
+    from napari_dkan.engine.runs import TrainedModel
+
+    model = TrainedModel.load(tiny_run_dir)
+    trust = model.trust
+    assert trust.missing == []
+    assert trust.reliability.protocol.startswith("per-gene Pearson r on this run's validation spots")
+    assert trust.calibration.sections == ["C3"]
+    adata = predict_section(model, her2st_dataset["C3"], device="cpu")
+    uns = adata.uns["napari_dkan"]
+    assert uns["interval_level"] == 0.9
+    assert np.all(adata.layers["lower"] <= adata.X) and np.all(adata.X <= adata.layers["upper"])
+    inside = (adata.layers["lower"] <= adata.layers["measured"]) & (adata.layers["measured"] <= adata.layers["upper"])
+    assert 0.8 < inside.mean() < 0.99  # calibrated on C3 itself: about nominal
+    assert uns["seen_by_model"] == "training"  # C3 trained this model
+    assert "ood_score" in uns and isinstance(uns["out_of_domain"], bool)
+    assert len(adata.obs["ood_score"]) == adata.n_obs
+
+
+def test_a_run_without_trust_files_still_loads_and_predicts(tiny_run_dir: Path, her2st_dataset, tmp_path: Path) -> None:
+    from napari_dkan.engine.predict import predict_section
+    from napari_dkan.engine.runs import TrainedModel
+
+    old = tmp_path / "old-run"
+    shutil.copytree(tiny_run_dir, old)
+    for name in ("reliability.json", "calibration.safetensors", "domain.safetensors"):
+        (old / name).unlink()
+    model = TrainedModel.load(old)
+    assert model.trust.missing == ["per-gene reliability", "calibrated uncertainty", "out-of-domain check"]
+    adata = predict_section(model, her2st_dataset["C4"], device="cpu")
+    assert "lower" not in adata.layers and "ood_score" not in adata.uns["napari_dkan"]
+    assert "seen_by_model" not in adata.uns["napari_dkan"]  # C4 never trained it
+
+
+def test_fine_tuned_runs_record_their_ancestry(tiny_run_dir: Path, her2st_dataset) -> None:
+    from napari_dkan.engine.runs import TrainedModel, ancestry_of
+
+    base = TrainedModel.load(tiny_run_dir)
+    lineage = ancestry_of(base)
+    assert lineage[-1]["train_sections"] == ["C3"] and lineage[-1]["name"] == tiny_run_dir.name
+    child = TrainedModel(tiny_run_dir, {**base.config, "ancestry": lineage,
+                                        "training": {"train_sections": ["C5"], "val_sections": ["C4"]}})
+    assert child.seen_sections == {"C3": "training", "C5": "training", "C4": "validation"}
+
+
+# -- the command line ---------------------------------------------------------------------------
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_fact(
+        her2st, panels_dir, tmp_path: Path, capsys) -> None:
+    import anndata
+
+    from napari_dkan.cli import main
+    from napari_dkan.engine.trust import Trust, reliability_from_cv
+
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join((panels_dir / "her2st.txt").read_text().split()[:12]) + "\n")
+    common = [str(her2st), "--model", "ridge", "--encoder", "tiny", "--device", "cpu", "--panel", str(panel)]
+    cv_dir = tmp_path / "cv"
+    assert main(["cv", *common, "--sections", "C3", "C4", "C5", "-o", str(cv_dir), "--json"]) == 0
+    cv = _last_json(capsys)
+    recorded = json.loads((cv_dir / "cv.json").read_text())
+    assert len(recorded["folds"][0]["gene_pcc"]) == 12 and len(recorded["panel"]) == 12
+    rel = reliability_from_cv(cv_dir)
+    assert rel.sections == ["C3", "C4", "C5"] and "leave-one-section-out" in rel.protocol
+    fold_r = [f["PCC-ALL"] for f in cv["folds"]]
+    assert float(np.nanmean(rel.r)) == pytest.approx(float(np.mean(fold_r)), abs=1e-6)
+
+    run = cv_dir / "fold-C3"  # trained on one of C4, C5 and validated on the other: C3 unseen
+    val = json.loads((run / "config.json").read_text())["training"]["val_sections"]
+    assert Trust.load(run).missing == []  # written at the end of training
+    assert main(["evaluate", str(her2st), "--model", str(run), "--sections", "C3", "--device", "cpu", "--json"]) == 0
+    ev = _last_json(capsys)
+    for where in (ev["folds"][0], ev["mean"]):
+        assert 0.0 < where["COVERAGE-80"] < where["COVERAGE-90"] <= 1.0 and where["WIDTH-90"] > 0
+    out = tmp_path / "c3.h5ad"
+    assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
+                 "-o", str(out), "--level", "0.8", "--json"]) == 0
+    pred = _last_json(capsys)
+    assert isinstance(pred["ood_score"], float) and pred["out_of_domain"] is False
+    adata = anndata.read_h5ad(out)
+    assert adata.uns["napari_dkan"]["interval_level"] == 0.8
+    inside = (adata.layers["lower"] <= adata.layers["measured"]) & (adata.layers["measured"] <= adata.layers["upper"])
+    assert inside.mean() == pytest.approx(ev["folds"][0]["COVERAGE-80"], abs=1e-6)
+
+    # after the fact: remove the files, attach them again with reliability from the CV folder
+    for f in ("reliability.json", "calibration.safetensors", "domain.safetensors"):
+        (run / f).unlink()
+    assert main(["trust", str(her2st), "--model", str(run), "--cv", str(cv_dir), "--device", "cpu", "--json"]) == 0
+    attached = _last_json(capsys)
+    assert attached["calibration_sections"] == val
+    assert "leave-one-section-out" in attached["reliability"]["protocol"]
+    assert set(attached["ood_held_out"]) == set(val)  # one training section: the validation one is held out
+    assert Trust.load(run).missing == []

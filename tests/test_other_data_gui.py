@@ -29,7 +29,7 @@ def notices(monkeypatch):
     from napari.utils.notifications import notification_manager
 
     seen: list[str] = []
-    handler = lambda n: seen.append(str(n.message))  # noqa: E731
+    handler = lambda n: seen.append(str(n.message))
     notification_manager.notification_ready.connect(handler)
     yield seen
     notification_manager.notification_ready.disconnect(handler)

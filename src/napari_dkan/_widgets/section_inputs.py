@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
 
 from napari_dkan._widgets.section_facts import SLIDE_SUFFIXES, Needs
 
-
 _SHOWN = 3
 _LENGTH = 120
 

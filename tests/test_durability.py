@@ -205,8 +205,8 @@ def test_a_crash_while_publishing_the_best_weights_resumes(data, panel, gene_tex
     monkeypatch.setattr(trainer, "_write_state", real)
     model = train_model(data, ["C2"], ["C3"], _spec(epochs=2), panel, run, gene_text=gene_text)
     assert model.config["status"] == "finished" and TrainedModel.load(run).kind == "dkan"
-    assert sorted(p.name for p in run.glob("*.safetensors")) == [
-        "gene_text.safetensors", "last-e0002.safetensors", "model.safetensors"]
+    checkpoints = sorted(p.name for p in run.glob("*.safetensors") if p.name.startswith(("last", "best", "model")))
+    assert checkpoints == ["last-e0002.safetensors", "model.safetensors"]  # nothing stale left
 
 
 # -- 5. a corrupted feature cache is rebuilt, and NaN is never written ---------------------------

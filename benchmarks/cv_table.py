@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", nargs="+", default=SECTIONS)
     ap.add_argument("--weights", nargs="+", type=float, help="ensemble weights (default equal)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the two README table rows")
     args = ap.parse_args(argv)
 
     import torch
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     del out["gene_sets"]
     if args.json:
         print(json.dumps(out))
+    elif args.markdown:
+        print(markdown_rows(out))
     else:
         keys = ("PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG")
         print(out["name"])
@@ -103,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  training {out['train_s'] / 60:.1f} min (summed epoch seconds), "
               f"{out['model_mb']:.1f} MB per fold model set")
     return 0
+
+
+def markdown_rows(out: dict) -> str:
+    """Row of the summary table (means ± std, collapse, size, time) and of the per-fold table."""
+    m, sd = out["mean"], out["std"]
+    cells = [f"{m[k]:.3f} ± {sd[k]:.3f}" for k in ("PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG")]
+    summary = (f"| {out['name']} | " + " | ".join(cells)
+               + f" | {m['GENE-R-PRED']:.2f} / {m['GENE-R-TRUE']:.2f} | {m['PCS90-PRED']:.1f} / {m['PCS90-TRUE']:.1f}"
+               + f" | {out['model_mb']:.1f} | {out['train_s'] / 60:.0f} |")
+    per_fold = f"| {out['name']} | " + " | ".join(
+        f"{f['PCC-ALL']:.3f} / {f['PCC-HPG']:.3f} / {f['PCC-HEG']:.3f} / {f['PCC-HVG']:.3f}" for f in out["folds"]) + " |"
+    return summary + "\n" + per_fold
 
 
 if __name__ == "__main__":

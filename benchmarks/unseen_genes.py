@@ -147,7 +147,7 @@ def make_family(variant_name: str, genes_per_step: int):
 
 
 def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epochs: int,
-            patience: int, genes_per_step: int, reeval: bool = False) -> dict:
+            patience: int, genes_per_step: int, reeval: bool = False, eval_only: bool = False) -> dict:
     import torch
 
     from napari_dkan.engine import checkpoint as ckpt
@@ -159,7 +159,7 @@ def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epo
     meta, arr = load_prep(out)
     name = f"{test}-{texts}-{variant_name}"
     res_path = out / "results" / f"{name}.json"
-    if res_path.is_file() and not reeval:
+    if res_path.is_file() and not (reeval or eval_only):
         log(f"{name}: done already")
         return json.loads(res_path.read_text())
     fold = meta["folds"][FOLD_OF[test]]
@@ -181,9 +181,17 @@ def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epo
     fp = {"test": test, "texts": texts, "variant": variant_name, "fold": fold, "epochs": epochs,
           "patience": patience, "genes_per_step": genes_per_step}
     t0 = time.perf_counter()
-    res = fit(family, dims, fit_part, val_part, settings, run_dir, gene_text=text, fingerprint=fp,
-              on_event=lambda e: log(name, f"epoch {e.epoch} val {e.val_pcc} best {e.best_pcc} "
-                                     f"{e.logs.get('seconds')} s") if e.phase == "epoch" else None)
+    if eval_only:  # score the best checkpoint so far of an unfinished run (labelled as such)
+        from types import SimpleNamespace
+
+        state = json.loads((run_dir / "state.json").read_text())
+        res = SimpleNamespace(status=f"stopped by the deadline ({state['status']})", best_epoch=state["best_epoch"],
+                              epochs_run=state["epoch"], best_val_pcc=state["best_val_pcc"],
+                              history=state["history"])
+    else:
+            res = fit(family, dims, fit_part, val_part, settings, run_dir, gene_text=text, fingerprint=fp,
+                  on_event=lambda e: log(name, f"epoch {e.epoch} val {e.val_pcc} best {e.best_pcc} "
+                                         f"{e.logs.get('seconds')} s") if e.phase == "epoch" else None)
     train_s = time.perf_counter() - t0
     log(f"{name}: {res.status}, best epoch {res.best_epoch}/{res.epochs_run}, val {res.best_val_pcc}")
     torch.manual_seed(0)
@@ -191,7 +199,7 @@ def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epo
     net.load_state_dict(ckpt.load_tensors(run_dir / "model.safetensors"))
     net.eval()
     scores = evaluate(net, family, secs[test], text, emb, train_idx, fold, meta, arr, texts)
-    result = {"name": name, "test": test, "texts": texts, "variant": variant_name,
+    result = {"name": name, "test": test, "texts": texts, "variant": variant_name, "status": res.status,
               "train_sections": [s.name for s in fit_part], "val_sections": [s.name for s in val_part],
               "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "best_val_pcc": res.best_val_pcc,
               "train_seconds_this_call": round(train_s, 1),
@@ -350,7 +358,8 @@ def report(out: Path) -> None:
                  s["model"]["median"] - s["shuffled"]["median"])
             agg.setdefault((r["texts"], r["variant"], key), []).append(
                 (s["model"]["median"], s["mean_map"]["median"], s["nearest"]["median"], s["shuffled"]["median"]))
-            print(f"| {r['name']} (epoch {r['best_epoch']}/{r['epochs_run']}) | {key} | {s['model']['n']} | "
+            cut = " ¹" if "deadline" in r.get("status", "") else ""
+            print(f"| {r['name']} (epoch {r['best_epoch']}/{r['epochs_run']}{cut}) | {key} | {s['model']['n']} | "
                   f"{fmt(s['model'])} | {fmt(s['mean_map'])} | {fmt(s['nearest'])} | "
                   f"{s['shuffled']['median']:.3f} | {d[0]:+.3f} | {d[1]:+.3f} | {d[2]:+.3f} | "
                   f"{s['axis_r']['median'] if 'axis_r' in s else float('nan'):.3f} |")
@@ -381,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--genes-per-step", type=int, default=64)
     ap.add_argument("--reeval", action="store_true", help="score finished runs again (no training)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="score the best checkpoint of an unfinished run without training on")
     a = ap.parse_args(argv)
     if a.step == "prepare":
         prepare(a.out, a.data)
@@ -389,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             for texts in a.texts:
                 for test in a.tests:
                     run_one(a.out, a.data, test, texts, var, a.epochs, a.patience, a.genes_per_step,
-                            a.reeval)
+                            a.reeval, a.eval_only)
     elif a.step == "diagnose":
         diagnose(a.out, a.tests)
     else:

@@ -440,3 +440,37 @@ def test_the_dock_refuses_a_folder_holding_another_run_before_any_feature(her2st
                                            batch_size=32, device="cpu"))
     assert not result.ok and any("holds a different training run" in p for p in result.problems)
     assert _snapshot(out) == before
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 64 kB file system, when this process may mount one (root on Linux); else skipped."""
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux); the patched-errno tests cover it")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_really_full_disk_is_one_line_and_leaves_nothing(tiny_tmpfs):
+    import anndata
+
+    from napari_dkan.cohort.tasks import write_atomically
+    from napari_dkan.engine.checkpoint import save_tensors
+
+    with pytest.raises(storage.StorageError, match="no space left on the disk holding"):
+        save_tensors(tiny_tmpfs / "w.safetensors", {"a": np.zeros(100_000, np.float32)})  # 400 kB
+    with pytest.raises(storage.StorageError, match="no space left"):
+        write_atomically(anndata.AnnData(np.random.rand(400, 250).astype(np.float32)), tiny_tmpfs / "o.h5ad")
+    with pytest.raises(storage.StorageError, match="no space left"):  # a writer with no size hint
+        storage.atomic_write(tiny_tmpfs / "f.bin", lambda tmp: tmp.write_bytes(b"x" * 200_000))
+    assert list(tiny_tmpfs.iterdir()) == []
+    storage.atomic_write(tiny_tmpfs / "small.json", b"{}")  # and what fits is written
+    assert (tiny_tmpfs / "small.json").read_bytes() == b"{}"

@@ -180,7 +180,7 @@ def test_repeated_gene_names_are_named_in_a_note(folder, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anndata warns about non-unique names too
         sec = open_dataset(tmp_path / "dup.h5ad").sections[0]
-        sec.counts
+        _ = sec.counts  # reading the counts writes the note
     note = next(n for n in sec.notes if "more than once" in n)
     assert genes[1] in note and genes[2] in note and "first column" in note
 
@@ -243,3 +243,56 @@ def test_own_prediction_file_opens_in_napari_as_predicted_and_measured(c2, tmp_p
     assert np.allclose(roles["predicted"][1]["features"][gene], -0.25)
     assert np.allclose(roles["measured"][1]["features"][gene], 0.75)
     assert "predicted" in roles["predicted"][1]["name"]
+
+
+def test_mouse_data_for_a_human_model_is_said(folder, panels_dir, tmp_path):
+    import anndata
+    import pandas as pd
+
+    from napari_dkan.io.coverage import panel_coverage
+
+    counts = folder.counts
+    mouse = [g.capitalize() if not g.startswith("ENSG") else f"Gm{k}" for k, g in enumerate(counts.genes)]
+    anndata.AnnData(X=counts.matrix, obs=pd.DataFrame(index=counts.spot_id),
+                    var=pd.DataFrame(index=mouse),
+                    obsm={"spatial": folder.spots.xy}).write_h5ad(tmp_path / "mouse.h5ad")
+    sec = open_dataset(tmp_path / "mouse.h5ad").sections[0]
+    panel = (panels_dir / "her2st.txt").read_text().split()
+    cov = panel_coverage(sec, panel)
+    assert cov.mouse and cov.measured == 0
+    message = cov.message("HER2ST")
+    assert "mouse genes" in message and "HER2ST" in message and "only 0 of the model's 250" in message
+    # human data is not called mouse
+    assert not panel_coverage(folder, panel).mouse
+
+
+def test_h5ad_without_any_image_opens_on_a_named_canvas(c2, tmp_path):
+    from napari_dkan._reader import read_dataset
+    from napari_dkan.io.anndata_io import write_spatial_h5ad
+
+    path = tmp_path / "c2.h5ad"
+    write_spatial_h5ad(path, c2.counts, c2.spots.with_scale(c2.mpp), "C2")  # no image path
+    (data, meta, kind), (_, _, spots_kind) = read_dataset(str(path))
+    assert (kind, spots_kind) == ("image", "points")
+    assert meta["name"] == "C2 · no image"
+    assert meta["metadata"]["napari_dkan"]["role"] == "slide"  # the dock can follow it
+    # it spans the spots: its world extent covers the farthest spot
+    extent = np.array(data.shape[:2]) * np.array(meta["scale"])
+    assert (extent >= np.array([c2.spots.y.max(), c2.spots.x.max()]) * c2.mpp).all()
+
+
+def test_image_paths_stored_in_predictions_are_absolute(her2st, monkeypatch, tmp_path):
+    from napari_dkan.bundled import default_model_path
+    from napari_dkan.engine.predict import to_anndata
+    from napari_dkan.engine.runs import TrainedModel
+
+    monkeypatch.chdir(her2st.parent)
+    c2 = open_dataset(her2st.name)["C2"]  # opened by a relative path, as from a shell
+    assert not c2.image_path.is_absolute()
+    model = TrainedModel.load(default_model_path())
+    adata = to_anndata(model, c2, np.zeros((len(c2.spots), len(model.panel)), np.float32))
+    adata.write_h5ad(tmp_path / "p.h5ad")
+    monkeypatch.chdir(tmp_path)  # read from elsewhere: the slide is still found
+    stored = Path(adata.uns["spatial"]["C2"]["metadata"]["source_image_path"])
+    assert stored.is_absolute() and stored.is_file()
+    assert open_dataset(tmp_path / "p.h5ad").sections[0].image_path == stored

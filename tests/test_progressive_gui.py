@@ -36,6 +36,8 @@ def test_all_spots_on_a_large_slide_colours_the_view_first_then_the_rest(
 
     dock.choose_model(str(tiny_run_dir))
     qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    # the in-use line names what runs the encoder (the tiny test encoder stays on torch)
+    assert "encoder on torch" in dock.models.in_use.text()
     session = dock.session
     spots, mpp = session.section.spots, session.section.mpp
     # zoom onto the upper-left part of the spots

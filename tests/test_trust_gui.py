@@ -65,7 +65,9 @@ def _use(qtbot, dock, run: Path) -> None:
 
 def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, dock, runs) -> None:
     from napari_dkan._widgets.spots_layer import hover_lines
-    from napari_dkan._widgets.trust_view import BY_RELIABILITY, RELIABLE_ONLY, UNCERTAINTY_COLORMAP
+    from napari_dkan._widgets.trust_view import (
+        BY_RELIABILITY, RELIABLE_ONLY, UNCERTAINTY_COLORMAP, text_overlay,
+    )
 
     _use(qtbot, dock, runs["known"])
     panel = dock.session.model.panel
@@ -74,12 +76,13 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
 
     dock.set_gene(good)
     assert dock.trust.gene_line.text() == f"{good} — expected r 0.55 ± 0.05 on unseen sections: reliable"
-    assert "UNRELIABLE" not in predicted.name and predicted.opacity == pytest.approx(0.9)
+    assert predicted.opacity == pytest.approx(0.9) and not text_overlay(viewer).visible
 
     dock.set_gene(bad)
     assert f"{bad} — expected r 0.02 ± 0.05 on unseen sections: unreliable" in dock.trust.gene_line.text()
-    assert predicted.name.endswith(f"{bad} UNRELIABLE (expected r 0.02)")
-    assert predicted.opacity == pytest.approx(0.35)
+    assert text_overlay(viewer).visible
+    assert text_overlay(viewer).text == f"{bad}: UNRELIABLE (expected r 0.02)"
+    assert predicted.opacity == pytest.approx(0.35) and predicted.name == "C3 · predicted"
 
     # C3 trained this model: the section notice and every score say so
     assert dock.trust.seen.isVisibleTo(dock) and "C3" in dock.trust.seen.text()
@@ -102,6 +105,7 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     np.testing.assert_allclose(layer.features[bad].to_numpy(), 2 * half, rtol=1e-6)
     assert np.all(half > 0)
     dock.set_gene(good)
+    assert not text_overlay(viewer).visible and predicted.opacity == pytest.approx(0.9)
     np.testing.assert_allclose(layer.features[good].to_numpy(), 2 * dock._spot_trust.halfwidth[:, 0], rtol=1e-6)
     assert layer.face_color.shape[0] == len(half)
 

@@ -195,7 +195,7 @@ def low_res_layer(section: Section, source: dict[str, Any]) -> LayerData | None:
     """The section's low-resolution image (Space Ranger PNG, AnnData uns image) under its spots."""
     preview = section.preview
     if preview is None:
-        return None
+        return _placeholder_layer(section, source)
     mpp = float(section.mpp)
     meta = {
         "name": f"{section.name} · {preview.kind} image",
@@ -206,6 +206,38 @@ def low_res_layer(section: Section, source: dict[str, Any]) -> LayerData | None:
                                 "pixel_scale": (mpp, mpp), "low_resolution": True}},
     }
     return preview.image, meta, "image"
+
+
+def _placeholder_layer(section: Section, source: dict[str, Any]) -> LayerData | None:
+    """A plain light canvas under the spots when the data hold no image at all.
+
+    It gives the spots a frame and the dock a slide to follow, whose fields then ask for the
+    full-resolution image; its name says what it is.
+    """
+    import numpy as np
+    from napari.utils.notifications import show_warning
+
+    from napari_dkan.io.errors import DataError
+
+    try:
+        spots, mpp = section.spots, float(section.mpp)
+    except DataError:
+        return None
+    step = 32.0  # full-resolution pixels per canvas pixel
+    margin = 2 * (spots.diameter_px or spots.diameter_um / mpp)
+    shape = (int((spots.y.max() + margin) // step) + 1, int((spots.x.max() + margin) // step) + 1)
+    show_warning(f"{section.name}: the data hold no image; choose the full-resolution image in "
+                 "the Predict expression dock (Slide ▸ image) to see the tissue and predict")
+    meta = {
+        "name": f"{section.name} · no image",
+        "rgb": True,
+        "scale": (mpp * step, mpp * step),
+        "units": ("µm", "µm"),
+        "metadata": {META_KEY: {"role": "slide", "source": source, "mpp": mpp,
+                                "pixel_scale": (mpp, mpp), "low_resolution": True,
+                                "placeholder": True}},
+    }
+    return np.full((*shape, 3), 235, dtype=np.uint8), meta, "image"
 
 
 def measured_layer(section: Section, source: SectionSource) -> LayerData:

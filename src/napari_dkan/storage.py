@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -50,17 +51,23 @@ def storage_error(exc: OSError, folder: Path) -> StorageError:
     return StorageError(f"could not write in {folder}: {exc.strerror or exc}", exc.errno)
 
 
-def atomic_write(path: Path, content: bytes | Callable[[Path], None]) -> None:
+def atomic_write(path: Path, content: bytes | Callable[[Path], None], size_hint: int | None = None) -> None:
     """Write ``content`` (bytes, or a function writing to the path it is given) to ``path``.
 
     The folder is created when missing.  Raises :class:`StorageError` when the disk is full,
-    read-only or not writable; leaves no temporary file behind in any case.
+    read-only or not writable; leaves no temporary file behind in any case.  ``size_hint``
+    (bytes; known for ``bytes`` content) is checked against the free space first: some writers
+    (HDF5) do not fail cleanly when the disk fills under them.
     """
     path = Path(path)
     folder = path.parent
     tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        size_hint = len(content)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if size_hint is not None and shutil.disk_usage(folder).free < size_hint:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
         if isinstance(content, (bytes, bytearray, memoryview)):
             with open(tmp, "wb") as fh:
                 fh.write(content)
@@ -73,11 +80,27 @@ def atomic_write(path: Path, content: bytes | Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise storage_error(exc, folder) from exc
+    except RuntimeError as exc:  # h5py reports a failed write as RuntimeError, errno in the text
+        if "errno = 28" in str(exc):
+            raise storage_error(OSError(errno.ENOSPC, "No space left on device"), folder) from exc
+        raise
     finally:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass  # the folder itself went away or turned read-only: nothing more to clean
+
+
+def anndata_size_hint(adata: object) -> int:
+    """A generous estimate of an AnnData's ``.h5ad`` size: its arrays plus a fixed overhead."""
+    total = 256 << 10  # HDF5 metadata, uns, var: tens of kB in practice
+    for array in (getattr(adata, "X", None), *getattr(adata, "layers", {}).values(),
+                  *getattr(adata, "obsm", {}).values()):
+        total += int(getattr(array, "nbytes", 0) or getattr(getattr(array, "data", None), "nbytes", 0))
+    obs = getattr(adata, "obs", None)
+    if obs is not None:
+        total += int(obs.memory_usage(deep=True).sum())
+    return total
 
 
 def check_writable(folder: Path) -> None:

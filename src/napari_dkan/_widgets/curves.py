@@ -48,7 +48,8 @@ class PlotTheme:
             from napari.utils.theme import get_theme
 
             theme = get_theme(theme_name)
-            return cls(background=theme.canvas.as_hex(), foreground=theme.foreground.as_hex(),
+            # the dock's own background (napari's canvas colour is black)
+            return cls(background=theme.background.as_hex(), foreground=theme.secondary.as_hex(),
                        text=theme.text.as_hex())
         except Exception:  # noqa: BLE001 - plots in the default colours rather than none
             return cls()

@@ -118,8 +118,9 @@ class PredictionDock(QWidget):
             "a SpatialData .zarr store: the slide, the spots as circles, a table of predicted "
             "and measured values (napari-spatialdata, squidpy)"))
         self.export_zarr.setVisible(spatialdata_available())
-        self.export_csv.setToolTip("" if spatialdata_available() else
-                                   f"SpatialData export: {INSTALL_HINT}")
+        if not spatialdata_available():
+            self.export_h5ad.setToolTip(f"AnnData with Space Ranger-style images (scanpy, "
+                                        f"squidpy). SpatialData export: {INSTALL_HINT}")
 
         slide_box = _group("Slide", self.slide, self.section_info, self.inputs)
         model_box = _group("Model", self.models)
@@ -316,7 +317,7 @@ class PredictionDock(QWidget):
     # -- model ---------------------------------------------------------------------------------
     def choose_model(self, model: str | TrainedModel) -> Any:
         """Load a run (off the GUI thread) and ready the section for it; returns the worker."""
-        section = None if self.session is None else self.session.section
+        section = self._section_for_model()
         if isinstance(model, str):
             self.models.add_model(Path(model).name or model, model, select=True)
         steps = jobs.load_model_steps(model, section, self.models.device.currentText())
@@ -324,7 +325,7 @@ class PredictionDock(QWidget):
 
     def _model_loaded(self, loaded: jobs.LoadedModel) -> None:
         self.model = loaded.model
-        section = None if self.session is None else self.session.section
+        section = self._section_for_model()
         if loaded.section is not section:  # the user changed slides while it loaded
             QTimer.singleShot(0, lambda: self.choose_model(loaded.model))  # once this job ends
             return
@@ -336,7 +337,7 @@ class PredictionDock(QWidget):
         self._spot_trust = None
         if self.uncertainty is not None:
             self.uncertainty.set_trust(None, None)
-        if self.session is not None:
+        if self.session is not None and section is not None:
             self.session.set_model(loaded.model, loaded.measured)
             self.inputs.show_notices(data_notices(self.session.section, loaded.model))
         if self.builder is not None:
@@ -344,6 +345,10 @@ class PredictionDock(QWidget):
         self._refresh_trust()
         self._show_scores()
         self.status.setText(f"model ready: {len(loaded.model.panel)} genes")
+
+    def _section_for_model(self) -> Any:
+        """The section a model gets ready for; none while its µm/px is unknown (no spots yet)."""
+        return None if self.session is None or self.needs.mpp else self.session.section
 
     def _follow_recent_models(self) -> None:
         """Offer the models trained in this session, now and as the training dock ends runs."""
@@ -466,7 +471,7 @@ class PredictionDock(QWidget):
             return
         predicted = self.builder.layer("predicted")
         if predicted is not None:
-            mark_reliability(predicted, model, s.gene, f"{s.section.name} · predicted")
+            mark_reliability(self.viewer, predicted, model, s.gene)
             half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
             predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
         if self.uncertainty is not None and self.trust.uncertainty.isChecked():

@@ -21,7 +21,7 @@ from napari_dkan._widgets.expression import SPOT_ID, Expression, gene_columns
 from napari_dkan._widgets.session import SpotSession
 from napari_dkan._widgets.sources import META_KEY, SectionSource
 from napari_dkan.io.errors import DataError
-from napari_dkan.storage import atomic_write
+from napari_dkan.storage import anndata_size_hint, atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,7 +44,7 @@ def write_predictions(session: SpotSession, path: str | Path) -> Path:
             from napari_dkan.io.spatial_images import add_spatial_images
 
             add_spatial_images(adata, session.section)
-        atomic_write(path, adata.write_h5ad)
+        atomic_write(path, adata.write_h5ad, anndata_size_hint(adata))
     else:
         atomic_write(path, predictions_frame(adata).to_csv)
     return path

@@ -33,32 +33,38 @@ def value_text(value: float) -> str:
     return f"{value:.2f}" if np.isfinite(value) else "n/a"
 
 
-def gene_readings(session: SpotSession, index: int) -> list[tuple[str, float]]:
-    """(what, value) of the current gene at the spot: measured, predicted, residual, as known."""
+def gene_readings(session: SpotSession, index: int,
+                  halfwidth: np.ndarray | None = None) -> list[tuple[str, str]]:
+    """(what, value text) of the current gene at the spot: measured, predicted (± the interval's
+    half-width when ``halfwidth``, per spot, is given), residual — as known."""
     readings = []
     measured = predicted = np.nan
     if session.measured is not None:
         measured = float(session.gene_values(session.measured)[index])
-        readings.append(("measured", measured))
+        readings.append(("measured", value_text(measured)))
     if session.predicted is not None:
         predicted = float(session.gene_values(session.predicted)[index])
-        readings.append(("predicted", predicted))
+        text = value_text(predicted)
+        if (halfwidth is not None and np.isfinite(predicted) and index < len(halfwidth)
+                and np.isfinite(halfwidth[index])):
+            text += f" ± {float(halfwidth[index]):.2f}"
+        readings.append(("predicted", text))
     if np.isfinite(measured) and np.isfinite(predicted):
-        readings.append(("residual", predicted - measured))
+        readings.append(("residual", value_text(predicted - measured)))
     return readings
 
 
-def spot_hover(session: SpotSession, index: int,
-               extra: Sequence[HoverField] = ()) -> list[str]:
-    """The hover lines of spot ``index`` of the session's section."""
+def spot_hover(session: SpotSession, index: int, extra: Sequence[HoverField] = (),
+               halfwidth: np.ndarray | None = None) -> list[str]:
+    """The hover lines of spot ``index`` of the session's section (``halfwidth``: the current
+    gene's prediction-interval half-width per spot, shown as "predicted 1.10 ± 0.20")."""
     spots = session.section.spots
     x, y = spot_position_um(session, index)
     lines = [f"spot {spots.spot_id[index]} at x {x:,.0f} µm, y {y:,.0f} µm"]
     if session.gene is not None:
-        readings = gene_readings(session, index)
+        readings = gene_readings(session, index, halfwidth)
         if readings:
-            lines.append(f"{session.gene}: " + " · ".join(f"{what} {value_text(v)}"
-                                                         for what, v in readings))
+            lines.append(f"{session.gene}: " + " · ".join(f"{what} {v}" for what, v in readings))
     for field in (*EXTRA_FIELDS, *extra):
         line = field(session, index)
         if line:

@@ -139,6 +139,14 @@ class LayerBuilder:
         if role == RESIDUAL:
             layer.visible = self.show_residual
 
+    def _halfwidth(self) -> Any:
+        """The shown gene's interval half-width per spot, when the dock has put it on the
+        predicted layer (a model with a calibration), else None."""
+        layer = self.layer(PREDICTED)
+        if layer is None:
+            return None
+        return layer.metadata.get(META_KEY, {}).get("halfwidth")
+
     def _metadata(self, role: str) -> dict[str, Any]:
         s = self.session
         meta: dict[str, Any] = {"role": role, "source": s.source.to_metadata(), "gene": s.gene}
@@ -162,7 +170,7 @@ class LayerBuilder:
         )
         layer.text.visible = False  # no text labels: napari's "display text" box must say so
         session = self.session
-        layer.hover = lambda index: spot_hover(session, index)
+        layer.hover = lambda index: spot_hover(session, index, halfwidth=self._halfwidth())
         old = self._reader_layer(role)
         if old is not None:
             index = self.viewer.layers.index(old)
@@ -349,9 +357,21 @@ class LayerBuilder:
         lo, hi = world.min(axis=0) - pad, world.max(axis=0) + pad
         self._fitted = True
         camera = self.viewer.scene.camera
-        camera.center = tuple((lo + hi) / 2)
         panel = np.asarray(self.viewer.canvas.viewbox_size(self.viewer.layers), dtype=float)
-        camera.zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+        zoom = float((1 - margin) * np.min(panel / np.maximum(hi - lo, 1e-9)))
+        camera.center = tuple(self._inside_slide((lo + hi) / 2, panel / zoom))
+        camera.zoom = zoom
+
+    def _inside_slide(self, centre: np.ndarray, shown: np.ndarray) -> np.ndarray:
+        """Move the view's centre so the view stays on the slide where the slide is larger than
+        the view, and centre the slide where it is smaller (the spots, inside the slide, stay in
+        view): no lopsided band of empty canvas beside the tissue."""
+        extent = np.asarray(self.slide_layer.extent.world, dtype=float)[:, -2:]
+        lo, hi = extent.min(axis=0), extent.max(axis=0)
+        half = shown / 2
+        room = (hi - lo) > shown
+        clamped = np.clip(centre, lo + half, hi - half)
+        return np.where(room, clamped, (lo + hi) / 2)
 
     def _known_spots(self) -> Any:
         """The section's spots when reading them is cheap (a dataset), else None (a lattice

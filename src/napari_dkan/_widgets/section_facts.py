@@ -65,8 +65,9 @@ def describe_section(section: Section, source: SectionSource) -> str:
         measured = "a saved napari-dkan prediction"
     else:
         measured = "no measured expression"
-    parts = [f"{section.name}: {len(spots)} spots from the dataset ({grid}: "
-             f"{spots.diameter_um:g} µm spots, {spots.pitch_um:g} µm apart)", measured]
+    what = (f"{section.name}: {len(spots)} spots from the dataset ({grid}: "
+            f"{spots.diameter_um:g} µm spots, {spots.pitch_um:g} µm apart)")
+    parts = [what, measured]
     if not section.has_image:
         parts.append("no full-resolution image")
     mpp = _known_mpp(section)

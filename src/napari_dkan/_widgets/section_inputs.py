@@ -21,9 +21,8 @@ from qtpy.QtWidgets import (
 
 from napari_dkan._widgets.section_facts import SLIDE_SUFFIXES, Needs
 
-
 _SHOWN = 3
-_LENGTH = 140
+_LENGTH = 120
 
 
 def _shorten(text: str) -> str:
@@ -75,6 +74,7 @@ class SectionInputs(QWidget):
         self.image.setToolTip(needs.image_why)
         self.image.setText(needs.image_guess)
         self.use.setVisible(needs.any)
+        self._fit_labels()
 
     def show_notices(self, notices: list[str]) -> None:
         """The first notices, shortened (the dock is narrow); all of them in the tooltip."""
@@ -84,6 +84,18 @@ class SectionInputs(QWidget):
         self.notices.setText("\n".join(shown))
         self.notices.setToolTip("\n\n".join(notices))
         self.notices.setVisible(bool(notices))
+        self._fit_labels()
+
+    def resizeEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt's name
+        # wrapped labels in a crowded dock get squeezed below their wrapped height (Qt's
+        # height-for-width does not reach through the dock); keep every line readable
+        super().resizeEvent(event)
+        self._fit_labels()
+
+    def _fit_labels(self) -> None:
+        width = max(self.width(), 200)
+        for label in (self.notices, self.mpp_help, self.image_help):
+            label.setMinimumHeight(label.heightForWidth(width) if label.text() else 0)
 
     # -- actions ---------------------------------------------------------------------------
     def _browse(self) -> None:

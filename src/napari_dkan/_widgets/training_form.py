@@ -135,7 +135,8 @@ class TrainingForm(QWidget):
         self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced = QWidget()
         self.epochs = QSpinBox(minimum=1, maximum=10_000, value=100, toolTip=(
-            "passes over the training spots; the best epoch by validation PCC is kept. Default: "
+            "passes over the training spots; the best epoch by agreement on the held-out spots "
+            "(validation PCC) is kept. Default: "
             f"the preset's from scratch; the base run's, at most {FINE_TUNE_MAX_EPOCHS}, when fine-tuning"))
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4, value=5e-4,
                                  toolTip=("Adam learning rate. Default: the preset's from scratch; "
@@ -170,7 +171,7 @@ class TrainingForm(QWidget):
         form.addRow("start from", self.base)
         form.addRow("run", self.base_run)
         form.addRow("preset", self.preset)
-        form.addRow("encoder", self.encoder)
+        form.addRow("image model", self.encoder)
         self._model_form = form
         panel = QGroupBox("Gene panel")
         rows = QVBoxLayout(panel)

@@ -75,7 +75,7 @@ class TrainingOutcome:
         best = "-" if self.best_val_pcc is None else f"{self.best_val_pcc:.3f}"
         how = {"cancelled": "cancelled; the best checkpoint so far is kept",
                "early-stopped": "stopped early"}.get(self.status, "finished")
-        return (f"training {how}: best validation PCC {best} at epoch {self.best_epoch} "
+        return (f"training {how}: best agreement on held-out spots r = {best} at epoch {self.best_epoch} "
                 f"({self.epochs_run} epochs run) → {self.run_dir}")
 
 

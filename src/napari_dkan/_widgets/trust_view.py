@@ -5,8 +5,8 @@
   the section in view trained or selected the model, the model's lineage, an out-of-domain
   banner, and the *uncertainty layer* switch.  When a run lacks a part (older runs), it says so.
 - :class:`UncertaintyLayer`: the chosen gene's interval width per spot (its own colormap).
-- :func:`mark_reliability`: the predicted layer of an unreliable gene says so in its name and is
-  drawn faded.
+- :func:`mark_reliability`: the predicted layer of an unreliable gene is drawn faded and the
+  canvas carries a label saying the gene is unreliable.
 """
 
 from __future__ import annotations
@@ -156,16 +156,38 @@ class TrustPanel(QWidget):
         return ranked
 
 
-def mark_reliability(layer: Any, model: TrainedModel | None, gene: str | None, base_name: str) -> None:
-    """Name and fade the predicted layer of an unreliable gene; restore it for the others."""
+def text_overlay(viewer: Any) -> Any:
+    """napari's canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    overlay = getattr(overlays, "text", None)
+    return overlay if overlay is not None else getattr(viewer, "text_overlay", None)
+
+
+def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None) -> None:
+    """Fade the predicted layer of an unreliable gene and label the canvas so; undo otherwise.
+
+    The layer keeps its name (scripts find layers by name); the label is napari's canvas text
+    overlay.
+    """
     if layer is None:
         return
     rel = None if model is None or gene is None else model.trust.reliability
     bad = rel is not None and gene in rel.genes and verdict(rel.of(gene)) == "unreliable"
     r = None if rel is None else rel.of(gene)
-    layer.name = (f"{base_name} — {gene} UNRELIABLE (expected r {r:.2f})" if bad and r is not None
-                  else f"{base_name} — {gene} UNRELIABLE" if bad else base_name)
     layer.opacity = FADED_OPACITY if bad else NORMAL_OPACITY
+    overlay = text_overlay(viewer)
+    if overlay is None:
+        return
+    if bad:
+        overlay.text = (f"{gene}: UNRELIABLE (expected r {r:.2f})" if r is not None
+                        else f"{gene}: UNRELIABLE (r not measurable)")
+        overlay.color = (1.0, 0.35, 0.3, 1.0)
+        overlay.font_size = 12
+        overlay.position = "top_left"
+        overlay.visible = True
+    elif ": UNRELIABLE (" in overlay.text:
+        overlay.visible = False  # ours: take it down (another tool's text is left alone)
+        overlay.text = ""
 
 
 class UncertaintyLayer:

@@ -20,7 +20,7 @@ from typing import Any
 
 from napari_dkan.cohort.manifest import CohortSlide, open_section
 from napari_dkan.io.errors import DataError
-from napari_dkan.storage import atomic_write
+from napari_dkan.storage import anndata_size_hint, atomic_write
 
 #: errors that come from the slide itself: retrying cannot help, so they are reported at once
 #: (anything else — a lost file system, a CUDA error — is raised for the scheduler to retry)
@@ -107,7 +107,7 @@ def output_is_valid(path: Path, weights_sha256: str, panel: list[str], inputs: s
 
 def write_atomically(adata: Any, path: Path) -> None:
     """Write an AnnData to ``path`` through a temporary file renamed into place."""
-    atomic_write(path, adata.write_h5ad)
+    atomic_write(path, adata.write_h5ad, anndata_size_hint(adata))
 
 
 def predict_slide(entry: CohortSlide, run_dir: str, weights_sha256: str, out_dir: str,

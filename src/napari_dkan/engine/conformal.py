@@ -5,8 +5,8 @@ split at random into two halves:
 
 1. **Scale** (half A): for each gene, a ridge regression of the absolute residual |y − ŷ| on
    what is known at prediction time — the gene's prediction ŷ_g, the spot's mean prediction over
-   the panel, and the spot's image position in the model's whitened feature frame (the first
-   principal axes of the domain summary, plus its out-of-domain score).  Its output, floored at
+   the panel, and the spot's out-of-domain score (how far its image lies from the training
+   images; image-feature axes were tried and made the intervals wider on unseen sections).  Its output, floored at
    a fraction of the gene's mean absolute residual, is the spot's scale σ_g(x).
 2. **Conformal** (half B): the normalised scores |y − ŷ| / σ_g(x); for a nominal level 1 − α the
    interval is ŷ ± q·σ_g(x) with q the ⌈(n + 1)(1 − α)⌉-th smallest score of the gene.  Under
@@ -30,11 +30,10 @@ from napari_dkan.engine.domain import DomainSummary
 
 CALIBRATION_FILE = "calibration.safetensors"
 DEFAULT_LEVEL = 0.9
-SCALE_AXES = 8
 RIDGE = 1.0
 FLOOR = 0.1  # σ ≥ FLOOR × the gene's mean absolute residual
 METHOD = ("normalised split-conformal: per-gene ridge model of |residual| on the prediction, the "
-          "spot's mean prediction, 8 whitened image-feature axes and the out-of-domain score "
+          "spot's mean prediction and its out-of-domain score "
           "(fitted on half of the calibration spots), conformal quantile on the other half")
 
 
@@ -43,8 +42,7 @@ def spot_context(pred: np.ndarray, features: np.ndarray | None, domain: DomainSu
     pred = np.asarray(pred, dtype=np.float64)
     cols = [pred.mean(axis=1, keepdims=True)]
     if domain is not None and features is not None:
-        z = domain.whiten(features)[:, :SCALE_AXES]
-        cols += [z, np.log(domain.spot_scores(features))[:, None]]
+        cols.append(np.log(np.maximum(domain.spot_scores(features), 1e-6))[:, None])
     return np.concatenate(cols, axis=1)
 
 

@@ -115,18 +115,21 @@ def load_section_data(
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
         progress=progress, cancel=cancel, runtime=runtime,
     )
-    return section_data_from_features(section, feats, features, panel, needs, smoothing)
+    return section_data_from_features(section, feats, features, panel, needs, smoothing, y=y)
 
 
 def section_data_from_features(section: Section, feats: Any, features: FeatureSpec,
                                panel: Sequence[str] | None, needs: Needs = Needs(),
-                               smoothing: bool = True) -> SectionData:
-    """A section's data from its extracted features (``SectionFeatures`` in spot order)."""
+                               smoothing: bool = True, y: np.ndarray | None = None) -> SectionData:
+    """A section's data from its extracted features (``SectionFeatures`` in spot order);
+    ``y``: the targets when already computed (else read here with a panel and counts)."""
     from napari_dkan.features import section_patches
 
     spots = section.spots
     if not np.array_equal(feats.spot_id, spots.spot_id):
         raise RuntimeError(f"features of {section.name} are not in the section's spot order")
+    if y is None and panel is not None and section.has_counts:
+        y = section_targets(section, list(panel), smoothing=smoothing)
     patches = None
     if needs.patches:
         patches = section_patches(section, size=features.tile_px, target_mpp=features.target_mpp)

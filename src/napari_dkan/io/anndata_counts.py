@@ -82,17 +82,16 @@ def count_matrix(adata: Any, source: str) -> tuple[sp.csr_matrix, np.ndarray, li
             m.data = np.power(float(base), m.data) - 1.0
             how = f"{float(base):g}^x − 1"
         m.eliminate_zeros()
-        return m, gene_names(var), [
-            f"{source}: X holds log-normalised values, not raw counts; undone with {how}. The "
-            "model's targets scale each spot to 10⁴ over the panel, so they match raw counts' "
-            "as long as X was log1p(counts × a per-spot factor) (scanpy's normalize_total + log1p)"
-        ]
+        note = (f"{source}: X holds log-normalised values, not raw counts; undone with {how}. "
+                "The model's targets scale each spot to 10⁴ over the panel, so they match raw "
+                "counts' as long as X was log1p(counts × a per-spot factor) (scanpy's "
+                "normalize_total + log1p)")
+        return m, gene_names(var), [note]
     if kind == "normalised":
-        return m, gene_names(var), [
-            f"{source}: X holds normalised, non-integer values, not raw counts; used as they are "
-            "(the model's targets scale each spot to 10⁴ over the panel, so a per-spot factor "
-            "does not change them)"
-        ]
+        note = (f"{source}: X holds normalised, non-integer values, not raw counts; used as "
+                "they are (the model's targets scale each spot to 10⁴ over the panel, so a "
+                "per-spot factor does not change them)")
+        return m, gene_names(var), [note]
     tried = ", ".join(f"{w} ({k})" for w, k in kinds)
     what = "negative values (scaled or z-scored data)" if kind == "scaled" else "NaN or infinite values"
     raise DataError(

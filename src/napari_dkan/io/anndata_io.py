@@ -240,6 +240,6 @@ def write_spatial_h5ad(
         obsm={"spatial": spots.xy},
         uns={"spatial": {library_id: meta}},
     )
-    from napari_dkan.storage import atomic_write  # storage imports io.errors: not at import time
+    from napari_dkan.storage import anndata_size_hint, atomic_write  # not at import time: a cycle
 
-    atomic_write(Path(path), adata.write_h5ad)
+    atomic_write(Path(path), adata.write_h5ad, anndata_size_hint(adata))

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from napari_dkan.model.blocks import CrossAttentionLayer, TransformerStack, projection
+from napari_dkan.model.blocks import (
+    CrossAttentionLayer, Dropout, TransformerStack, projection, set_dropout_sampler,
+)
 from napari_dkan.model.config import Alignment, DKANConfig, PatchInput
 
 
@@ -176,7 +178,7 @@ class ExpressionEncoder(nn.Module):
         self.inp = nn.Linear(n_genes, d)
         self.hidden = nn.Linear(d, d)
         self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, y: Tensor) -> Tensor:
@@ -234,6 +236,7 @@ class DKAN(nn.Module):
         else:
             self.fusion_head = nn.Linear(d, n_genes)
             self.aux_heads = nn.ModuleList(nn.Linear(d, n_genes) for _ in range(3))
+        set_dropout_sampler(self, cfg.dropout_sampler)
 
     # -- pieces ------------------------------------------------------------------------------
     def slide_tokens(self, inputs: SpotInputs) -> Tensor:

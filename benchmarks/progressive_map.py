@@ -62,7 +62,7 @@ def engine_only(args: argparse.Namespace, run_dir: Path) -> dict:
     from napari_dkan.engine.progressive import plan_stages, predict_in_stages
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.features import with_spots
-    from napari_dkan.io.dataset import open_section
+    from napari_dkan.io.formats import open_section
 
     model = TrainedModel.load(run_dir)
     section = open_section(args.slide)
@@ -125,7 +125,6 @@ def main() -> None:
 
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
 
     from napari_dkan._widgets import jobs
     from napari_dkan._widgets.cache import PredictionCache
@@ -137,16 +136,13 @@ def main() -> None:
     _, dock = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
     dock.cache = PredictionCache(disk=False)
     dock.models.set_devices(["cpu"])
-    app = QApplication.instance()
-    for _ in range(50):
-        app.processEvents()
-        time.sleep(0.01)
+    from napari_dkan.demo import wait_for  # Qt's event loop, not a processEvents loop
+
+    wait_for(lambda: False, 0.5)
     loop = QEventLoop()
 
     def settle() -> None:
-        while dock.busy:  # e.g. the bundled model, which the dock loads on its own
-            app.processEvents()
-            time.sleep(0.02)
+        wait_for(lambda: not dock.busy, 3600)  # e.g. the bundled model, which the dock loads itself
 
     settle()
     dock.choose_model(str(run_dir))

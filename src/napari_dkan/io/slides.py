@@ -387,10 +387,10 @@ class _ArrayBackend:
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         if level == 0:
             return self._array[y : y + h, x : x + w]
-        # computed here, in this thread: inside a Dask worker (predict-cohort) the default
-        # scheduler would be the cluster's, and this slide's graph would be shipped to it
-        # (deadlocking a one-thread worker, and hiding the slide's own error behind Dask's)
-        return self.pyramid()[level][y : y + h, x : x + w].compute(scheduler="synchronous")
+        # computed in this process (its thread pool): inside a Dask worker (predict-cohort)
+        # the default scheduler is the cluster's, and this slide's graph would be shipped to
+        # it, hiding the slide's own error behind "deserialization of the task graph"
+        return self.pyramid()[level][y : y + h, x : x + w].compute(scheduler="threads")
 
     def pyramid(self) -> list[dask.array.Array]:
         if self._pyramid is None:

@@ -8,7 +8,7 @@ about napari or Qt, so tests can drive it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -65,6 +65,8 @@ class SpotSession:
         self.model: TrainedModel | None = None
         self.measured: Expression | None = None
         self.predicted: Expression | None = None
+        #: intervals and out-of-domain check of ``predicted`` (engine.trust.SpotTrust), if any
+        self.trust: Any = None
         self.gene: str | None = None
         self.display = Display()
 
@@ -88,6 +90,7 @@ class SpotSession:
             raise ValueError("measured values must be in the model's panel")
         self.model = model
         self.predicted = None
+        self.trust = None
         self.measured = measured
         self._keep_gene()
         self.model_changed.emit()
@@ -189,7 +192,7 @@ class SpotSession:
         if self.measured is not None:
             measured = self.measured.full(self.n_spots)[self.predicted.spot_index]
         adata = to_anndata(self.model, self.section, self.predicted.values, measured=measured,
-                           spot_index=self.predicted.spot_index)
+                           spot_index=self.predicted.spot_index, spot_trust=self.trust)
         adata.uns["napari_dkan"]["source"] = self.source.to_metadata()
         return adata
 

@@ -76,6 +76,7 @@ def spearman_by_gene(width: np.ndarray, err: np.ndarray) -> float:
 
 def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], dict]:
     from napari_dkan.engine.conformal import coverage_and_width
+    from napari_dkan.engine.data import Needs, load_section_data
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.engine.trust import assess, attach_from_data
     from napari_dkan.io.dataset import open_dataset
@@ -120,7 +121,8 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
                     "ood_held_out": dom.held_out})
         row["warned"] = bool(row["ood_score"] > dom.threshold)
         for name, section in foreign.items():
-            feats = model.section_data(section, with_targets=False, device=device).patch_feat
+            # patch features only: the cache entry without patch tokens serves every model kind
+            feats = load_section_data(section, model.features, None, Needs(), device=device).patch_feat
             foreign_scores[name][test] = {"score": dom.slide_score(feats), "threshold": dom.threshold,
                                           "spots": len(feats)}
         row["seconds"] = round(time.perf_counter() - t0, 1)

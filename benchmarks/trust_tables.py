@@ -76,6 +76,7 @@ def spearman_by_gene(width: np.ndarray, err: np.ndarray) -> float:
 
 def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], dict]:
     from napari_dkan.engine.conformal import coverage_and_width
+    from napari_dkan.engine.data import Needs, load_section_data
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.engine.trust import assess, attach_from_data
     from napari_dkan.io.formats import open_dataset
@@ -88,7 +89,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
         test = fold_dir.name.removeprefix("fold-")
         model = TrainedModel.load(fold_dir)
         tr = model.config["training"]
-        load = lambda n: model.section_data(ds[n], with_targets=True, device=device)  # noqa: E731
+        load = lambda n: model.section_data(ds[n], with_targets=True, device=device)
         train, val = [load(n) for n in tr["train_sections"]], [load(n) for n in tr["val_sections"]]
         trust = attach_from_data(model, train, val, predict=lambda d: model.predict(d, device=device))
         model.reload_trust()
@@ -120,9 +121,10 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
                     "ood_held_out": dom.held_out})
         row["warned"] = bool(row["ood_score"] > dom.threshold)
         for name, section in foreign.items():
-            feats = model.section_data(section, with_targets=False, device=device).patch_feat
+            # patch features only: the cache entry without patch tokens serves every model kind
+            feats = load_section_data(section, model.features, None, Needs(), device=device).patch_feat
             foreign_scores[name][test] = {"score": dom.slide_score(feats), "threshold": dom.threshold,
-                                          "spots": int(len(feats))}
+                                          "spots": len(feats)}
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "ood_held_out"}), flush=True)

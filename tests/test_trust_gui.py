@@ -63,10 +63,13 @@ def _use(qtbot, dock, run: Path) -> None:
     assert dock.session.predicted is not None
 
 
-def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, dock, runs) -> None:
+def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, dock, runs, tmp_path) -> None:
     from napari_dkan._widgets.spots_layer import hover_lines
     from napari_dkan._widgets.trust_view import (
-        BY_RELIABILITY, RELIABLE_ONLY, UNCERTAINTY_COLORMAP, text_overlay,
+        BY_RELIABILITY,
+        RELIABLE_ONLY,
+        UNCERTAINTY_COLORMAP,
+        text_overlay,
     )
 
     _use(qtbot, dock, runs["known"])
@@ -115,6 +118,15 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert lines[-1] == f"{good} (predicted): {value:.3f} ± {dock._spot_trust.halfwidth[5, 0]:.3f}"
     dock.set_uncertainty_visible(False)
     assert not layer.visible
+
+    # the dock's export carries the intervals and the notice
+    import anndata
+
+    written = dock.export(tmp_path / "c3.h5ad")
+    adata = anndata.read_h5ad(written)
+    np.testing.assert_allclose(adata.layers["upper"] - adata.X, dock._spot_trust.halfwidth, rtol=1e-5, atol=1e-6)
+    assert adata.uns["napari_dkan"]["interval_level"] == 0.9
+    assert adata.uns["napari_dkan"]["seen_by_model"] == "training"
 
 
 def test_dock_warns_out_of_domain_and_says_when_trust_is_absent(qtbot, dock, runs) -> None:

@@ -423,6 +423,7 @@ class PredictionDock(QWidget):
         if s is None or result.section is not s.section or result.model is not s.model:
             return  # the slide or the model changed while it ran
         self._spot_trust = result.trust
+        self.session.trust = result.trust  # exported with the prediction (lower / upper layers)
         if self.uncertainty is not None:
             self.uncertainty.set_trust(result.trust, result.expression.spot_index)
         self.session.set_prediction(result.expression)

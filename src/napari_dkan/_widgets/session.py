@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -74,6 +74,8 @@ class SpotSession:
         self.model: TrainedModel | None = None
         self.measured: Expression | None = None
         self.predicted: Expression | None = None
+        #: intervals and out-of-domain check of ``predicted`` (engine.trust.SpotTrust), if any
+        self.trust: Any = None
         self.gene: str | None = None
         self.display = Display()
 
@@ -97,6 +99,7 @@ class SpotSession:
             raise ValueError("measured values must be in the model's panel")
         self.model = model
         self.predicted = None
+        self.trust = None
         self.measured = measured
         self._keep_gene()
         self.model_changed.emit()
@@ -218,7 +221,7 @@ class SpotSession:
         if self.measured is not None:
             measured = self.measured.full(self.n_spots)[self.predicted.spot_index]
         adata = to_anndata(self.model, self.section, self.predicted.values, measured=measured,
-                           spot_index=self.predicted.spot_index)
+                           spot_index=self.predicted.spot_index, spot_trust=self.trust)
         source = self.source.to_metadata()
         for key in ("path", "image"):  # absolute, so the file opens from anywhere
             if key in source:

@@ -116,7 +116,7 @@ class Calibration:
 
         sm = self.scale_model
         meta = {"method": METHOD, "sections": self.sections, "genes": self.genes,
-                "n_scores": int(len(self.scores)), **(extra or {})}
+                "n_scores": len(self.scores), **(extra or {})}
         ckpt.save_tensors(Path(path), {
             "coef": sm.coef.astype(np.float32), "floor": sm.floor.astype(np.float32),
             "centre": sm.centre.astype(np.float32), "width": sm.width.astype(np.float32),

@@ -21,8 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_dkan.engine.conformal import CALIBRATION_FILE, DEFAULT_LEVEL, Calibration, calibrate, spot_context
-from napari_dkan.engine.domain import DOMAIN_FILE, DomainCheck, DomainSummary, check_domain, fit_with_threshold
+from napari_dkan.engine.conformal import (
+    CALIBRATION_FILE,
+    DEFAULT_LEVEL,
+    Calibration,
+    calibrate,
+    spot_context,
+)
+from napari_dkan.engine.domain import (
+    DOMAIN_FILE,
+    DomainCheck,
+    DomainSummary,
+    check_domain,
+    fit_with_threshold,
+)
 from napari_dkan.engine.metrics import pearson_per_gene
 from napari_dkan.engine.reliability import RELIABILITY_FILE, GeneReliability, from_folds
 

@@ -22,7 +22,8 @@ DATA = Path(os.environ.get("NAPARI_DKAN_SHARED", ROOT.parent / "shared")) / "dat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--kinds", nargs="+", default=["torch", "uniform", "none"])
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
@@ -49,6 +50,7 @@ def main() -> None:
     store = SpotStore([data[n] for n in names], torch.device("cpu"))
     first = data[names[0]]
     dims = Dims(len(panel), first.patch_feat.shape[1], first.patch_tokens.shape[2], t.shape[1])
+    runners = {}
     for kind in args.kinds:
         cfg = variant(preset("compact"), "dkan-improved")
         if kind == "none":
@@ -58,35 +60,45 @@ def main() -> None:
                           text=zero(cfg.text), expr_dropout=0.0)
         else:
             cfg = replace(cfg, dropout_sampler=kind)
-        family = make_family("dkan-improved", cfg)
-        torch.manual_seed(0)
-        net = family.build(dims).train()
-        opt = torch.optim.Adam(net.parameters(), lr=5e-4)
-        gen = torch.Generator().manual_seed(1)
-
-        def step() -> None:
-            idx = torch.randperm(len(store), generator=gen)[:64]
-            loss, _ = family.loss(net, family.inputs(store, idx, gen), t, 32, gen)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        step()  # warm-up
-        t0 = time.process_time()
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(args.steps):
-                    step()
-        else:
+        runners[kind] = _runner(make_family("dkan-improved", cfg), dims, store, t)
+        runners[kind]()  # warm-up
+    # rounds interleave the kinds, so a change in the machine's load hits them alike
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(args.rounds):
+        for kind, step in runners.items():
+            t0 = time.process_time()
             for _ in range(args.steps):
                 step()
-        per_step = (time.process_time() - t0) / args.steps
-        print(f"dropout {kind}: {per_step:.3f} CPU s/step ({len(store)} spots, "
+            times[kind].append((time.process_time() - t0) / args.steps)
+    for kind, values in times.items():
+        print(f"dropout {kind}: {min(values):.3f} CPU s/step at best, median {float(np.median(values)):.3f} "
+              f"over {args.rounds} rounds of {args.steps} steps ({len(store)} spots, "
               f"{-(-len(store) // 64)} steps/epoch)", flush=True)
-        if args.profile:
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                runners[args.kinds[0]]()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def _runner(family, dims, store, text):  # noqa: ANN001, ANN202
+    import torch
+
+    torch.manual_seed(0)
+    net = family.build(dims).train()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-4)
+    gen = torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        idx = torch.randperm(len(store), generator=gen)[:64]
+        loss, _ = family.loss(net, family.inputs(store, idx, gen), text, 32, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 if __name__ == "__main__":

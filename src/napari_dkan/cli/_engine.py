@@ -45,7 +45,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--dropout-sampler", choices=["torch", "uniform"],
                    help="DKAN/TRIPLEX dropout masks: torch (default; reproduces earlier runs) or uniform "
-                   "(the same dropout, other random draws, ~1.9x faster training on a CPU)")
+                   "(the same dropout, other random draws, 6-13%% less CPU per training step)")
     p.add_argument("--validation", choices=["sections", "patients"], default="sections",
                    help="how the inner validation split is drawn from the training sections")
     p.add_argument("--paper-protocol", action="store_true",

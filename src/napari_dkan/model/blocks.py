@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 #: how dropout masks are drawn: ``torch`` (PyTorch's Bernoulli sampler, the default: runs
 #: reproduce earlier ones draw for draw) or ``uniform`` (uniform draws compared with p: the same
-#: operation and distribution, other draws, and on a CPU ~1.9× faster compact DKAN training)
+#: operation and distribution, other draws; 6–13 % less CPU per compact DKAN training step)
 SAMPLERS = ("torch", "uniform")
 
 
@@ -21,9 +21,8 @@ def dropout(x: Tensor, p: float, training: bool = True, sampler: str = "torch") 
     """Inverted dropout: each element kept with probability 1 − p and scaled by 1 / (1 − p).
 
     ``sampler="torch"`` is :func:`torch.nn.functional.dropout` itself.  ``"uniform"`` draws the
-    mask as uniform numbers ≥ p: on a CPU PyTorch's Bernoulli sampler made dropout two thirds
-    of a compact DKAN training step (benchmarks/README.md, issue 13), a uniform draw costs a
-    third as much.  Outside training, or with p = 0, ``x`` is returned.
+    mask as uniform numbers ≥ p: on a CPU dropout is ~40 % of a compact DKAN training step
+    (benchmarks/README.md, issue 13) and the uniform draw trims the step by 6–13 %.  Outside training, or with p = 0, ``x`` is returned.
     """
     if not training or p <= 0.0:
         return x

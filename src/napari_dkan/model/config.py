@@ -77,7 +77,7 @@ class DKANConfig:
     name: str = "custom"
     extras: dict[str, Any] = field(default_factory=dict)
     #: how dropout masks are drawn (napari_dkan.model.blocks.SAMPLERS): ``torch`` reproduces
-    #: earlier runs draw for draw; ``uniform`` is the same dropout, ~1.9× faster to train on a CPU
+    #: earlier runs draw for draw; ``uniform`` is the same dropout, a few per cent faster on a CPU
     dropout_sampler: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:

@@ -220,7 +220,9 @@ def test_hover_shows_the_spot_in_um_and_measured_predicted_residual(qtbot, viewe
         text = status["coordinates"]
         assert text.startswith(f"x {spots.x[i] * mpp:,.0f} µm, y {spots.y[i] * mpp:,.0f} µm")
         assert f"spot {spots.spot_id[i]} at x {spots.x[i] * mpp:,.0f} µm" in text
-        assert (f"{gene}: measured {measured:.2f} · predicted {predicted:.2f} · "
+        half = viewer.layers["C2 · predicted"].metadata["napari_dkan"].get("halfwidth")
+        pm = "" if half is None else f" ± {half[i]:.2f}"  # the model's interval, when calibrated
+        assert (f"{gene}: measured {measured:.2f} · predicted {predicted:.2f}{pm} · "
                 f"residual {predicted - measured:.2f}") in text
         assert other not in text  # not every feature column
         assert f"{i};" not in text and "[" not in text  # no point index, no bare pixel pair

@@ -93,6 +93,13 @@ def test_both_docks_are_tabs_with_the_whole_height_nothing_clipped(qtbot, viewer
     QApplication.processEvents()
     right = button.mapTo(scroll.viewport(), QPoint(button.width(), button.height()))
     assert 0 < right.x() <= scroll.viewport().width() and 0 < right.y() <= scroll.viewport().height()
+    # nor cut at the right: every button of the dock lies within its width
+    from qtpy.QtWidgets import QAbstractButton
+
+    for b in predict.findChildren(QAbstractButton):
+        if b.isVisibleTo(predict):
+            edge = b.mapTo(scroll.viewport(), QPoint(b.width(), 0)).x()
+            assert edge <= scroll.viewport().width() + 1, (b.text(), edge, scroll.viewport().width())
     assert predict_dock.height() > 400
     viewer.window.resize(1400, 900)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 #: set on the plugin's dock widgets, so each finds the others
@@ -20,6 +20,13 @@ MARKER = "_napari_dkan_dock"
 class _VerticalScroll(QScrollArea):
     """Scrolls vertically only, and is always as wide as its content needs (which grows when a
     model or a long path is shown): a dock never clips its controls sideways."""
+
+    def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        # the content's layout changed (a row appeared, a label grew): the dock must hear that
+        # this widget's minimum width changed, or the new content is clipped at the right
+        if event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return False
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
         hint = super().minimumSizeHint()
@@ -36,6 +43,7 @@ def place_in_scroll_area(owner: QWidget, inner: QWidget) -> QScrollArea:
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
     scroll.setWidget(inner)
+    inner.installEventFilter(scroll)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)

@@ -181,6 +181,17 @@ def main() -> None:
                 if i not in first:
                     first[i], first_stage[i] = row.copy(), stage
 
+    # time the dock's colouring of each stage on the GUI thread (the work a stage costs napari)
+    handler_ms: list[tuple[str, float]] = []
+    partial = dock._partial  # noqa: SLF001
+
+    def timed_partial(step) -> None:
+        t = time.perf_counter()
+        partial(step)
+        if isinstance(step, jobs.PartialPrediction):
+            handler_ms.append((step.stage, round((time.perf_counter() - t) * 1000, 1)))
+
+    dock._partial = timed_partial  # noqa: SLF001 - connected at predict(), after this
     timer = QTimer()
     timer.setInterval(args.interval_ms)
     timer.timeout.connect(tick)
@@ -197,6 +208,9 @@ def main() -> None:
     loop.exec()
     timer.stop()
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
+    worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else None
+    stall_at = ticks[worst] - t0 if worst is not None else None
+    before = [s for t, s, _ in events if t - t0 <= (stall_at or 0)]
     final = session.predicted.full(len(spots)) if session.predicted is not None else None
 
     def when(pred) -> float | None:
@@ -211,6 +225,10 @@ def main() -> None:
         "complete_s": round(done_s, 2),
         "stages": [{"at_s": round(t - t0, 2), "stage": s, "coloured": d} for t, s, d in events],
         "longest_stall_ms": round(max(gaps) - args.interval_ms, 1) if gaps else None,
+        "longest_stall_at_s": round(stall_at, 2) if stall_at is not None else None,
+        "longest_stall_after_stage": before[-1] if before else None,
+        "colouring_ms_per_stage": handler_ms,
+        "gaps_over_200ms": sum(g > 200 + args.interval_ms for g in gaps),
         "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1) if gaps else None,
         "status": dock.status.text(),
         "loadavg": os.getloadavg(),

@@ -151,7 +151,7 @@ def run_one(out: Path, data: Path, test: str, texts: str, variant_name: str, epo
     import torch
 
     from napari_dkan.engine import checkpoint as ckpt
-    from napari_dkan.engine.families import Dims, SpotStore
+    from napari_dkan.engine.families import Dims
     from napari_dkan.engine.runs import PRESET_TRAINING
     from napari_dkan.engine.splits import inner_validation
     from napari_dkan.engine.trainer import TrainSettings, fit

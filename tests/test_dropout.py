@@ -3,9 +3,8 @@ operation with a cheaper uniform-draw mask (issue 13)."""
 
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
 
 from napari_dkan.model import DKAN, preset
 from napari_dkan.model.blocks import Attention, Dropout, FeedForward, dropout, set_dropout_sampler

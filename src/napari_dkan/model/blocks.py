@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 #: how dropout masks are drawn: ``torch`` (PyTorch's Bernoulli sampler, the default: runs
 #: reproduce earlier ones draw for draw) or ``uniform`` (uniform draws compared with p: the same
 #: operation and distribution, other draws; 6–13 % less CPU per compact DKAN training step)

@@ -21,14 +21,14 @@ class _VerticalScroll(QScrollArea):
     """Scrolls vertically only, and is always as wide as its content needs (which grows when a
     model or a long path is shown): a dock never clips its controls sideways."""
 
-    def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+    def eventFilter(self, watched: Any, event: Any) -> bool:
         # the content's layout changed (a row appeared, a label grew): the dock must hear that
         # this widget's minimum width changed, or the new content is clipped at the right
         if event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()
         return False
 
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+    def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
         inner = self.widget()
         if inner is None:

@@ -387,9 +387,9 @@ class LayerBuilder:
     def fit_once(self) -> None:
         """Fit the view to the tissue's spots the first time they are known (slides open with
         the tissue filling a fraction of the canvas)."""
-        if not self._fitted and not self.grid:
-            if self.layer(MEASURED) is not None or self._known_spots() is not None:
-                self.fit_to_spots()
+        if not self._fitted and not self.grid and (
+                self.layer(MEASURED) is not None or self._known_spots() is not None):
+            self.fit_to_spots()
 
     # -- measured ↔ predicted -----------------------------------------------------------------
     def flip(self) -> str | None:

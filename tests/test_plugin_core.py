@@ -245,11 +245,17 @@ def test_predict_field_of_view_predicts_only_spots_in_the_box_and_caches(model, 
     assert np.array_equal(first.expression.spot_index, inside)
     assert first.expression.values.shape == (len(inside), len(model.panel)) and not first.cached
     assert any(p.stage == "predicting" and p.done == p.total == len(inside) for p in seen)
+    from napari_dkan.features import pipeline
+
     work = []
-    monkeypatch.setattr(model, "section_data", lambda *a, **k: work.append("features"))
-    monkeypatch.setattr(model, "predict", lambda *a, **k: work.append("predict"))
+    monkeypatch.setattr(model, "predict", lambda *a, **k: work.append("network pass"))
+    encode = pipeline.encode_tiles
+    monkeypatch.setattr(pipeline, "encode_tiles",
+                        lambda *a, **k: work.append("tiles encoded") or encode(*a, **k))
     again = run_to_end(predict_steps(request, threading.Event(), cache))
-    assert again.cached and work == []  # served from the cache: no features, no network pass
+    # served from the cache, proved by the work not done: no network pass, no tile encoded (the
+    # trust layer's features come from the feature cache)
+    assert again.cached and work == []
     assert np.array_equal(again.expression.values, first.expression.values)
     # a new process (empty memory) finds the prediction on disk
     cache.clear_memory()

@@ -45,7 +45,12 @@ def _int8_session(encoder, calibration: np.ndarray, threads: int):  # noqa: ANN0
     calibrated on tiles of another section."""
     import onnxruntime as ort
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from napari_dkan.features.runtimes import export_onnx

@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,9 +90,14 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
         test = fold_dir.name.removeprefix("fold-")
         model = TrainedModel.load(fold_dir)
         tr = model.config["training"]
-        load = lambda n: model.section_data(ds[n], with_targets=True, device=device)
+        def load(n: str, model: TrainedModel = model) -> Any:
+            return model.section_data(ds[n], with_targets=True, device=device)
+
+        def predict(d: Any, model: TrainedModel = model) -> np.ndarray:
+            return model.predict(d, device=device)
+
         train, val = [load(n) for n in tr["train_sections"]], [load(n) for n in tr["val_sections"]]
-        trust = attach_from_data(model, train, val, predict=lambda d: model.predict(d, device=device))
+        trust = attach_from_data(model, train, val, predict=predict)
         model.reload_trust()
         data = load(test)
         pred = np.asarray(model.predict(data, device=device), dtype=np.float64)
@@ -136,7 +142,7 @@ def summarise(rows: list[dict], foreign: dict) -> dict:
     mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     inside, outside = [], []
     for r in rows:
-        for name, by_fold in foreign.items():
+        for by_fold in foreign.values():
             if r["fold"] in by_fold:
                 inside.append(r["ood_score"])
                 outside.append(by_fold[r["fold"]]["score"])

@@ -51,8 +51,8 @@ def log(*a: object) -> None:
 
 # -- preparation -------------------------------------------------------------------------------
 def prepare(out: Path, data: Path) -> None:
-    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.expression import read_panel_file, select_panel, smooth
+    from napari_dkan.io.formats import open_dataset
     from napari_dkan.knowledge import embed_texts, gene_texts, read_text_tsv
 
     out.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,8 @@ def test_demo_without_a_display_renders_tissue_and_coloured_spots(her2st, tmp_pa
 
     args = ["demo", "--data-dir", str(her2st), "--json", "--device", "cpu"]
     if default_model_path() is None:  # a build without the bundled model: a trained tiny run
-        from plugin_support import tiny_run
-
         from napari_dkan.io import open_dataset
+        from plugin_support import tiny_run
 
         args += ["--model", str(tiny_run(open_dataset(her2st), her2st.parent / "gene_panels", tmp_path))]
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_dkan.features import extract_section_features, lazy_encoder, load_encoder, with_spots
 from napari_dkan.features import encoders as encoders_module
+from napari_dkan.features import extract_section_features, lazy_encoder, load_encoder, with_spots
 from napari_dkan.features.cache import CacheKey, load_arrays, save_arrays
 
 

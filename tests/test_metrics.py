@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from napari_dkan.engine.metrics import (
-    FoldScores, hpg_genes, hvg_genes, heg_genes, pearson_per_gene, report, score_slide,
+    FoldScores,
+    heg_genes,
+    hpg_genes,
+    hvg_genes,
+    pearson_per_gene,
+    report,
+    score_slide,
 )
 
 

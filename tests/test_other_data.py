@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_dkan.io.formats import open_dataset
 from napari_dkan.io.errors import DataError
 from napari_dkan.io.expression import section_targets
+from napari_dkan.io.formats import open_dataset
 from napari_dkan.io.spots import GridLayout
 
 SR_SPOT_UM = 65.0  # Space Ranger's spot_diameter_fullres spans a "theoretical 65 µm spot"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ def notices(monkeypatch):
     from napari.utils.notifications import notification_manager
 
     seen: list[str] = []
-    handler = lambda n: seen.append(str(n.message))
+    def handler(n: Any) -> None:
+        seen.append(str(n.message))
+
     notification_manager.notification_ready.connect(handler)
     yield seen
     notification_manager.notification_ready.disconnect(handler)

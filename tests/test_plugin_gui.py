@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-
 pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 

@@ -26,7 +26,6 @@ from napari_dkan._widgets.training_plan import (
 from napari_dkan._widgets.training_run import TrainingOutcome, release_device_memory, training_steps
 from plugin_support import PANEL_SIZE
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

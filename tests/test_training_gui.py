@@ -22,10 +22,9 @@ def base_run(tiny_run_dir):
 
 @pytest.fixture(scope="module")
 def docks(viewer, her2st, tmp_path_factory):
+    from napari_dkan import bundled
     from napari_dkan._widgets.recent_models import RecentModels
     from napari_dkan._widgets.training_dock import TrainingDock
-
-    from napari_dkan import bundled
 
     viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
     with pytest.MonkeyPatch.context() as mp:  # no bundled model loading in the background

@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_dkan._widgets.jobs import Progress, frozen_heap
-from napari_dkan._widgets.training_plan import CheckResult, TrainingPlan, TrainingRequest, check_request
+from napari_dkan._widgets.training_plan import (
+    CheckResult,
+    TrainingPlan,
+    TrainingRequest,
+    check_request,
+)
 from napari_dkan.io.errors import DataError
-from napari_dkan.progress import CancelToken, Cancelled
+from napari_dkan.progress import Cancelled, CancelToken
 
 if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel

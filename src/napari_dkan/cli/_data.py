@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_panel(args: argparse.Namespace) -> int:
-    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.expression import select_panel
+    from napari_dkan.io.formats import open_dataset
 
     ds = open_dataset(args.dataset).select(args.sections)
     with progress_bar("reading counts", unit="section", enabled=not args.json) as progress:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from napari_dkan.features.runtimes import RUNTIME_CHOICES
-
 import argparse
 import sys
 from collections.abc import Sequence
@@ -11,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_dkan.cli._output import add_json_flag, emit
+from napari_dkan.features.runtimes import RUNTIME_CHOICES
 
 MODELS = ["dkan", "dkan-improved", "triplex", "nh2st", "ridge"]
 METRICS = ("MAE", "MSE", "PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG")
@@ -221,9 +220,9 @@ def _train(args: argparse.Namespace) -> int:
         train_model,
     )
     from napari_dkan.engine.splits import inner_validation
-    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.errors import DataError
     from napari_dkan.io.expression import check_panel
+    from napari_dkan.io.formats import open_dataset
 
     spec = _spec(args)
     ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
@@ -402,8 +401,8 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
-    from napari_dkan.io.formats import open_section
     from napari_dkan.io.errors import DataError
+    from napari_dkan.io.formats import open_section
     from napari_dkan.storage import anndata_size_hint, atomic_write, check_writable
 
     model = load_model_arg(args.model)

@@ -74,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sections(args: argparse.Namespace) -> tuple[list, list[str]]:
     """The sections to extract (those with an image) and the names of those skipped."""
     from napari_dkan.features import with_spots
-    from napari_dkan.io.formats import open_dataset
     from napari_dkan.io.errors import DataError
+    from napari_dkan.io.formats import open_dataset
 
     if args.cpu_threads:
         import torch

@@ -21,8 +21,13 @@ from napari_dkan.engine.collapse import COLLAPSE_KEYS, collapse_scores, mean_col
 from napari_dkan.engine.data import SectionData
 from napari_dkan.engine.metrics import FoldScores, Report, report, score_slide
 from napari_dkan.engine.runs import (
-    PAPER_PROTOCOL_LABEL, INNER_PROTOCOL_LABEL, RunSpec, TrainedModel, gene_text_for,
-    prepare_sections, train_model,
+    INNER_PROTOCOL_LABEL,
+    PAPER_PROTOCOL_LABEL,
+    RunSpec,
+    TrainedModel,
+    gene_text_for,
+    prepare_sections,
+    train_model,
 )
 from napari_dkan.engine.splits import Fold, inner_validation, make_folds
 from napari_dkan.engine.trainer import TrainEvent

@@ -67,7 +67,9 @@ class GeneReliability:
         return [self.genes[i] for i in np.argsort(-key, kind="stable")]
 
     def to_dict(self) -> dict[str, Any]:
-        clean = lambda a: [None if not math.isfinite(float(v)) else round(float(v), 4) for v in a]
+        def clean(a: Any) -> list[float | None]:
+            return [None if not math.isfinite(float(v)) else round(float(v), 4) for v in a]
+
         return {"format": FORMAT, "protocol": self.protocol, "sections": self.sections,
                 "thresholds": {"reliable": RELIABLE, "unreliable": UNRELIABLE},
                 "genes": self.genes, "r": clean(self.r), "spread": clean(self.spread),
@@ -85,7 +87,9 @@ class GeneReliability:
         data = ckpt.read_json(Path(path))
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} file")
-        arr = lambda a: np.array([np.nan if v is None else v for v in a], dtype=np.float64)
+        def arr(a: Any) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in a], dtype=np.float64)
+
         return cls(list(data["genes"]), arr(data["r"]), arr(data["spread"]), data["protocol"],
                    list(data.get("sections", [])),
                    {k: list(arr(v)) for k, v in (data.get("per_fold") or {}).items()})

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_dkan.features.runtimes import AUTO, TORCH, Session
 from napari_dkan.features.registry import (
     HUB,
     PACKAGE,
@@ -25,6 +24,7 @@ from napari_dkan.features.registry import (
     package_weight_file,
     resolve_encoder,
 )
+from napari_dkan.features.runtimes import AUTO, TORCH, Session
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +94,6 @@ class Encoder:
         return self
 
     def to(self, device: torch.device) -> Encoder:
-        import torch
 
         if device != self.device:
             if device.type != "cpu":

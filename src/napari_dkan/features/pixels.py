@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_dkan.features.cache import CacheKey, cache_file, load_arrays, save_arrays, slide_identity, spots_digest
+from napari_dkan.features.cache import (
+    CacheKey,
+    cache_file,
+    load_arrays,
+    save_arrays,
+    slide_identity,
+    spots_digest,
+)
 from napari_dkan.features.pipeline import TileReader, read_batches
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken, ProgressCallback, check_cancel, report

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_dkan.features.cache import CacheKey, cache_file, load_arrays, save_arrays, slide_identity, spots_digest
+from napari_dkan.features.cache import (
+    CacheKey,
+    cache_file,
+    load_arrays,
+    save_arrays,
+    slide_identity,
+    spots_digest,
+)
 from napari_dkan.features.geometry import MASKED, SLOTS, gather_regions, make_layout
 from napari_dkan.features.pixels import effective_target_mpp, tile_reader, tile_step
 from napari_dkan.features.registry import DEFAULT_ENCODER, EncoderSpec, resolve_encoder

@@ -3,7 +3,15 @@
 Importing this package imports torch: it is loaded by the engine, never at napari start-up.
 """
 
-from napari_dkan.model.config import PRESETS, Alignment, BlockSpec, DKANConfig, PatchInput, preset, variant
+from napari_dkan.model.config import (
+    PRESETS,
+    Alignment,
+    BlockSpec,
+    DKANConfig,
+    PatchInput,
+    preset,
+    variant,
+)
 from napari_dkan.model.dkan import DKAN, ModelOutput, SlideContext, SpotInputs, count_parameters
 from napari_dkan.model.losses import adaptive_weights, dkan_loss, info_nce, supervised_loss
 from napari_dkan.model.nh2st import NH2ST, NH2STConfig

@@ -17,7 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from napari_dkan.model.blocks import (
-    CrossAttentionLayer, Dropout, TransformerStack, projection, set_dropout_sampler,
+    CrossAttentionLayer,
+    Dropout,
+    TransformerStack,
+    projection,
+    set_dropout_sampler,
 )
 from napari_dkan.model.config import Alignment, DKANConfig, PatchInput
 

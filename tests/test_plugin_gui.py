@@ -517,3 +517,6 @@ def test_closing_the_viewer_during_a_prediction_cancels_it_quietly(qtbot, run_di
     err = capfd.readouterr().err
     assert runner.closed and runner.cancel_event.is_set()
     assert "already deleted" not in err and "Signal source has been deleted" not in err, err
+    import gc
+
+    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=5_000)  # the job's heap freeze is undone

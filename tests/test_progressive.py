@@ -58,8 +58,12 @@ def test_staged_extraction_encodes_each_tile_once_and_matches_one_shot(c2, one_t
     np.testing.assert_array_equal(partial_feats.region, one_shot.region[partial_rows])
 
 
-def test_staged_prediction_previews_then_ends_equal_to_one_shot(c2, tiny_run_dir, one_torch_thread):
+def test_staged_prediction_previews_then_ends_equal_to_one_shot(c2, tiny_run_dir, one_torch_thread,
+                                                               tmp_path, monkeypatch):
     from napari_dkan.engine.runs import TrainedModel
+
+    # an empty feature cache: from a cache hit everything comes in one final stage (tested apart)
+    monkeypatch.setenv("NAPARI_DKAN_CACHE", str(tmp_path))
 
     model = TrainedModel.load(tiny_run_dir)
     stages = plan_stages(c2.spots.xy, in_view=np.arange(20), levels=(4,), chunk=80)

@@ -87,7 +87,12 @@ class JobRunner:
             show_warning(f"wait for {self.what} to finish, or cancel it")
             steps.close()
             return None
-        worker = create_worker(_drive, steps, _ignore_errors=True)
+        driver = _drive(steps)
+        worker = create_worker(_relay, driver, _ignore_errors=True)
+        # A worker that is quit (napari does so when its window closes) drops the generator
+        # mid-job without closing it; sitting in the heap frozen by frozen_heap(), it would never
+        # be collected and the heap would stay frozen for good.  Close it when the worker ends.
+        worker.finished.connect(driver.close)
         if on_yield is not None:
             worker.yielded.connect(lambda item: on_yield(item) if self._alive() else None)
         if on_finished is not None:
@@ -169,6 +174,12 @@ class JobRunner:
 @dataclass(frozen=True)
 class _Failure:
     error: BaseException
+
+
+def _relay(driver: Generator) -> Generator:
+    """The worker's generator function (create_worker needs one): relays ``driver``, which the
+    runner keeps so that it can close it whatever becomes of the worker."""
+    return (yield from driver)
 
 
 def _drive(steps: Generator) -> Generator:

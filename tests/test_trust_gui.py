@@ -104,6 +104,7 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     layer = dock.set_uncertainty_visible(True)
     assert layer is not None and layer in viewer.layers and layer.visible
     assert layer.face_colormap.name == UNCERTAINTY_COLORMAP
+    assert not layer.text.visible  # napari's "display text" box is unticked: no labels are drawn
     half = dock._spot_trust.halfwidth[:, panel.index(bad)]
     np.testing.assert_allclose(layer.features[bad].to_numpy(), 2 * half, rtol=1e-6)
     assert np.all(half > 0)

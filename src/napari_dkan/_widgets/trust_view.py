@@ -246,7 +246,11 @@ class UncertaintyLayer:
                                  "gene": session.gene}},
         )
         self._stale = False
+        self.layer.text.visible = False  # no text labels: napari's "display text" box must say so
         self.viewer.add_layer(self.layer)
+        from napari_dkan._widgets.layer_controls import hide_colour_controls
+
+        hide_colour_controls(self.viewer, self.layer)  # coloured by interval width, not a face colour
 
     def _features(self) -> Any:
         session = self.builder.session

@@ -47,3 +47,20 @@ def tiny_run(her2st_dataset, panels_dir: Path, base: Path) -> Path:
         torch.set_num_threads(threads)
     _RUNS["tiny"] = run
     return run
+
+
+def prediction_dock(viewer, section_dir: Path):
+    """The prediction dock as an installation without a bundled model starts it (no model
+    chosen: the tests drive the tiny model), added through napari's plugin manager as a user's
+    Plugins menu does, then the section opened — so the dock must notice the reader's layers."""
+    import pytest
+
+    from napari_dkan import bundled
+    from napari_dkan.demo import wait_for
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundled, "default_model_path", lambda: None)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
+    viewer.open(str(section_dir), plugin="napari-dkan")
+    wait_for(lambda: False, 0.05)  # one pass of the event loop: the dock sees the new layers
+    return widget

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from plugin_support import prediction_dock
+
 pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 
@@ -21,20 +23,7 @@ def run_dir(tiny_run_dir):
 
 @pytest.fixture(scope="module")
 def dock(viewer, her2st):
-    # through napari's plugin manager, as a user's Plugins menu does; the dock first, then the
-    # data, so the dock must notice the reader's layers as they arrive
-    from napari_dkan import bundled
-
-    # the dock as an installation without a bundled model starts (no model chosen): these tests
-    # drive the tiny test model; the bundled model's own start-up is tested further down
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bundled, "default_model_path", lambda: None)
-        _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
-    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
-    from napari_dkan.demo import wait_for
-
-    wait_for(lambda: False, 0.05)  # one pass of the event loop: the dock sees the new layers
-    return widget
+    return prediction_dock(viewer, her2st / "ST-imgs" / "C" / "C2")
 
 
 def _wait(qtbot, dock):

@@ -9,22 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from plugin_support import prediction_dock
+
 pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
 def dock(viewer, her2st):
-    from napari_dkan import bundled
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bundled, "default_model_path", lambda: None)
-        _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
-    viewer.open(str(her2st / "ST-imgs" / "C" / "C2"), plugin="napari-dkan")
-    from qtpy.QtWidgets import QApplication
-
-    QApplication.processEvents()
-    return widget
+    return prediction_dock(viewer, her2st / "ST-imgs" / "C" / "C2")
 
 
 def test_all_spots_on_a_large_slide_colours_the_view_first_then_the_rest(

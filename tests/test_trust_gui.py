@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plugin_support import prediction_dock
+
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 WAIT_MS = 120_000
 TRUST_FILES = ("reliability.json", "calibration.safetensors", "domain.safetensors")
@@ -43,16 +45,7 @@ def runs(tiny_run_dir: Path, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def dock(viewer, her2st):
-    from napari_dkan import bundled
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bundled, "default_model_path", lambda: None)
-        _, widget = viewer.window.add_plugin_dock_widget("napari-dkan", "Predict expression")
-    viewer.open(str(her2st / "ST-imgs" / "C" / "C3"), plugin="napari-dkan")
-    from qtpy.QtWidgets import QApplication
-
-    QApplication.processEvents()
-    return widget
+    return prediction_dock(viewer, her2st / "ST-imgs" / "C" / "C3")
 
 
 def _use(qtbot, dock, run: Path) -> None:

@@ -14,8 +14,12 @@ validation spots), then its held-out test section S is scored:
   is warned; each foreign slide's score under every fold's summary; AUROC of held-out HER2ST
   sections (in domain) against the foreign slides (pairs taken within the same fold summary).
 
-    python benchmarks/trust_tables.py CV_DIR --data ../shared/data/her2st [--json out.json]
+    python benchmarks/trust_tables.py CV_DIR --data ../shared/data/her2st --out WORK [--json out.json]
+        [--depth-blind]
 
+The fold folders are copied into ``WORK`` (default: a temporary folder) and the trust files are
+written there, never into CV_DIR.  ``--depth-blind`` calibrates without the sections' counts
+(the version-1 method, intervals that ignore sequencing depth), for the before/after table.
 The feature cache (``NAPARI_DKAN_CACHE``) makes a second run fast.
 """
 
@@ -75,7 +79,13 @@ def spearman_by_gene(width: np.ndarray, err: np.ndarray) -> float:
     return float(np.nanmean(rhos)) if rhos else float("nan")
 
 
-def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], dict]:
+TRUST_FILES = ("reliability.json", "calibration.safetensors", "domain.safetensors")
+
+
+def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
+              depth_blind: bool = False) -> tuple[list[dict], dict]:
+    import shutil
+
     from napari_dkan.engine.conformal import coverage_and_width
     from napari_dkan.engine.data import Needs, load_section_data
     from napari_dkan.engine.runs import TrainedModel
@@ -85,35 +95,51 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
     ds = open_dataset(data_root)
     foreign = foreign_slides()
     rows, foreign_scores = [], {name: {} for name in foreign}
-    for fold_dir in sorted(cv_dir.glob("fold-*")):
+    for source_dir in sorted(cv_dir.glob("fold-*")):
         t0 = time.perf_counter()
-        test = fold_dir.name.removeprefix("fold-")
+        test = source_dir.name.removeprefix("fold-")
+        fold_dir = work / source_dir.name  # the trust files are written here, not into the CV folder
+        if fold_dir.exists():
+            shutil.rmtree(fold_dir)
+        shutil.copytree(source_dir, fold_dir, ignore=shutil.ignore_patterns(*TRUST_FILES))
         model = TrainedModel.load(fold_dir)
         tr = model.config["training"]
-        def load(n: str, model: TrainedModel = model) -> Any:
-            return model.section_data(ds[n], with_targets=True, device=device)
+
+        def load(n: str, model: TrainedModel = model, blind: bool = False) -> Any:
+            data = model.section_data(ds[n], with_targets=True, device=device)
+            if blind:
+                data.panel_counts = None
+            return data
 
         def predict(d: Any, model: TrainedModel = model) -> np.ndarray:
             return model.predict(d, device=device)
 
-        train, val = [load(n) for n in tr["train_sections"]], [load(n) for n in tr["val_sections"]]
+        train = [load(n) for n in tr["train_sections"]]
+        val = [load(n, blind=depth_blind) for n in tr["val_sections"]]
         trust = attach_from_data(model, train, val, predict=predict)
         model.reload_trust()
         data = load(test)
         pred = np.asarray(model.predict(data, device=device), dtype=np.float64)
         err = np.abs(data.y - pred)
         row: dict = {"fold": test, "train": tr["train_sections"], "calibrated_on": tr["val_sections"],
-                     "median_gene_r": float(np.nanmedian(trust.reliability.r))}
+                     "median_gene_r": float(np.nanmedian(trust.reliability.r)),
+                     "calibration_version": trust.calibration.version}
         # the constant-width baseline, calibrated on the same validation spots
         vpred = np.concatenate([np.asarray(model.predict(d, device=device)) for d in val])
         verr = np.abs(np.concatenate([d.y for d in val]) - vpred)
         for level in (0.8, 0.9):
-            half = assess(trust, pred, data.patch_feat, level).halfwidth.astype(np.float64)
-            cov, width = coverage_and_width(pred, data.y, half)
+            spot = assess(trust, pred, data, level, model.smoothing)
+            lower, upper = (b.astype(np.float64) for b in spot.lower_upper())
+            if spot.depth is not None:
+                row["test_depth"] = spot.depth.median
+                row["calibration_depth"] = trust.calibration.measurement.reference.median
+                row["overdispersion"] = trust.calibration.measurement.overdispersion
+            cov, width = coverage_and_width(data.y, lower, upper)
             n = len(verr)
             const = np.sort(verr, axis=0)[min(int(np.ceil((n + 1) * level)), n) - 1]
-            ccov, cwidth = coverage_and_width(pred, data.y, np.broadcast_to(const, pred.shape))
-            per_gene = (err <= half).mean(axis=0)
+            ccov, cwidth = coverage_and_width(data.y, pred - const, pred + const)
+            per_gene = ((lower <= data.y) & (data.y <= upper)).mean(axis=0)
+            # the constant width per gene (around ŷ) that reaches the same coverage on the test section
             equal = np.array([np.quantile(err[:, g], per_gene[g]) for g in range(err.shape[1])])
             tag = round(level * 100)
             row.update({f"coverage_{tag}": cov, f"width_{tag}": width,
@@ -121,7 +147,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
                         f"width_ratio_equal_coverage_{tag}": width / (2 * float(equal.mean())),
                         f"genes_within_10pt_{tag}": float(np.mean(np.abs(per_gene - level) <= 0.10))})
             if level == 0.9:
-                row["spearman_width_abs_error"] = spearman_by_gene(half, err)
+                row["spearman_width_abs_error"] = spearman_by_gene(upper - lower, err)
         dom = trust.domain
         row.update({"ood_score": dom.slide_score(data.patch_feat), "ood_threshold": dom.threshold,
                     "ood_held_out": dom.held_out})
@@ -139,6 +165,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str) -> tuple[list[dict], d
 
 def summarise(rows: list[dict], foreign: dict) -> dict:
     keys = [k for k in rows[0] if isinstance(rows[0][k], float) and k not in ("ood_threshold",)]
+    keys = [k for k in keys if all(k in r for r in rows)]
     mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     inside, outside = [], []
     for r in rows:
@@ -187,9 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "her2st")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--out", type=Path, help="where the fold folders are copied and their trust files "
+                    "written (default: a temporary folder)")
+    ap.add_argument("--depth-blind", action="store_true",
+                    help="calibrate without the sections' counts (version-1 intervals, depth ignored)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    rows, foreign = fold_rows(args.cv_dir, args.data, args.device)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.out or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        rows, foreign = fold_rows(args.cv_dir, args.data, args.device, work, args.depth_blind)
     summary = summarise(rows, foreign)
     if args.json:
         args.json.write_text(json.dumps({"folds": rows, "foreign": foreign, "summary": summary}, indent=1))

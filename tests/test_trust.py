@@ -35,7 +35,7 @@ def test_conformal_intervals_cover_at_nominal_level_and_follow_the_noise() -> No
     cal = calibrate(p_cal, t_cal, f_cal, [f"g{i}" for i in range(6)])
     for level in (0.8, 0.9):
         half = cal.interval_halfwidth(p_test, f_test, level)
-        cov, width = coverage_and_width(p_test, t_test, half)
+        cov, width = coverage_and_width(t_test, p_test - half, p_test + half)
         assert abs(cov - level) < 0.025, (level, cov)
         # every gene, not only on average
         per_gene = (np.abs(t_test - p_test) <= half).mean(axis=0)
@@ -68,6 +68,143 @@ def test_calibration_round_trip_and_any_level(tmp_path: Path) -> None:
         back.quantile(90)
     with pytest.raises(ValueError, match="at least 20 held-out spots"):
         calibrate(p[:10], t[:10], f[:10], ["A", "B", "C"])
+
+
+# -- depth-aware intervals: a synthetic Poisson section at two depths ------------------------
+def _poisson_section(name: str, depth: float, rng: np.random.Generator, side: int = 24, genes: int = 40):
+    """A square grid of spots whose panel proportions are known (a smooth field per gene), with
+    Poisson counts at a section depth (spots spread ×/÷ 2 around it); the model's prediction is
+    the deep-depth target of the true proportions plus a spatially smooth error of known size."""
+    from napari_dkan.engine.data import SectionData
+    from napari_dkan.io.expression import normalize, smooth
+    from napari_dkan.io.spots import SpotTable
+
+    rows, cols = np.divmod(np.arange(side * side), side)
+    panel = np.random.default_rng(0)  # the same genes in every section
+    base = panel.uniform(-7.5, -2.5, genes)  # log proportions from rare to abundant genes
+    phase = panel.uniform(0, 6, genes)
+    shift = rng.uniform(0, 6)  # each section its own tissue layout
+    wave = np.sin(rows[:, None] / 4.0 + phase + shift) + np.cos(cols[:, None] / 5.0 + shift)
+    share = np.exp(base[None, :] + 0.6 * wave)
+    share /= share.sum(axis=1, keepdims=True)
+    totals = depth * np.exp(rng.uniform(-0.7, 0.7, len(rows)))
+    counts = rng.poisson(totals[:, None] * share).astype(np.float32)
+    spots = SpotTable(np.array([f"{name}-{i}" for i in range(len(rows))]), rows, cols, cols * 10.0, rows * 10.0,
+                      np.ones(len(rows), bool), None, "square", 200.0, 100.0)
+    truth = smooth(normalize(counts), spots)
+    deep_target = np.log10(1.0 + 1e4 * share)
+    model_error = 0.08 * np.sin(rows[:, None] / 3.0 + rng.uniform(0, 6, genes))
+    pred = deep_target + model_error
+    n = len(rows)
+    data = SectionData(name, "P", spots.spot_id, np.column_stack([rows, cols]), spots.xy,
+                       rng.normal(size=(n, 4)).astype(np.float32), np.zeros((n, 25, 4), np.float16),
+                       np.zeros((n, 25), bool), y=truth, panel_counts=counts)
+    return data, pred
+
+
+def _coverage(trust, pred, data, level, **kw) -> float:
+    from napari_dkan.engine.trust import assess
+
+    lower, upper = assess(trust, pred, data, level, **kw).lower_upper()
+    return float(((lower <= data.y) & (data.y <= upper)).mean())
+
+
+def test_depth_aware_intervals_calibrated_deep_cover_a_shallow_section() -> None:
+    from napari_dkan.engine.conformal import spot_context
+    from napari_dkan.engine.trust import Trust, depth_of_calibration
+
+    rng = np.random.default_rng(7)
+    cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)
+    deep, p_deep = _poisson_section("deep-test", 3000.0, rng)
+    shallow, p_shallow = _poisson_section("shallow", 150.0, rng)
+    genes = [f"g{i}" for i in range(p_cal.shape[1])]
+    measurement, var = depth_of_calibration([cal], [p_cal])
+    assert 0.9 < measurement.overdispersion < 1.3  # Poisson counts: (almost) no over-dispersion
+    assert measurement.reference.median == pytest.approx(3000.0, rel=0.15)
+    ctx = spot_context(p_cal, None, None)
+    aware = Trust(calibration=calibrate(p_cal, cal.y, ctx, genes, ["deep-cal"], measurement=measurement,
+                                        reading_var=var))
+    blind = Trust(calibration=calibrate(p_cal, cal.y, ctx, genes, ["deep-cal"]))
+    for level in (0.8, 0.9):
+        assert abs(_coverage(aware, p_deep, deep, level) - level) < 0.05
+        assert abs(_coverage(aware, p_shallow, shallow, level) - level) < 0.05
+        assert _coverage(blind, p_shallow, shallow, level) < level - 0.2  # the depth-blind method fails
+    # without its counts the shallow section is taken at the calibration depth (too narrow), and
+    # a given depth restores the coverage
+    counts = shallow.panel_counts
+    shallow.panel_counts = None
+    assert _coverage(aware, p_shallow, shallow, 0.9) < 0.8
+    assert abs(_coverage(aware, p_shallow, shallow, 0.9, depth=float(np.median(counts.sum(axis=1)))) - 0.9) < 0.05
+
+
+def test_depth_aware_calibration_round_trip_and_old_files_still_load(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from napari_dkan.engine import checkpoint as ckpt
+    from napari_dkan.engine.conformal import Calibration, spot_context
+    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+
+    rng = np.random.default_rng(2)
+    cal, p_cal = _poisson_section("cal", 2000.0, rng, side=12, genes=6)
+    measurement, var = depth_of_calibration([cal], [p_cal])
+    genes = [f"g{i}" for i in range(6)]
+    aware = calibrate(p_cal, cal.y, spot_context(p_cal, None, None), genes, ["cal"],
+                      measurement=measurement, reading_var=var)
+    aware.save(tmp_path / "v2.safetensors")
+    back = Calibration.load(tmp_path / "v2.safetensors")
+    assert back.version == 2 and back.measurement.overdispersion == pytest.approx(measurement.overdispersion)
+    np.testing.assert_allclose(back.measurement.reference.quantiles, measurement.reference.quantiles, rtol=1e-5)
+    first, again = (assess(Trust(calibration=c), p_cal, cal, 0.9) for c in (aware, back))
+    np.testing.assert_allclose(first.upper, again.upper, rtol=1e-4)
+    assert first.depth.source == "measured"
+    with pytest.raises(ValueError, match="reading noise"):
+        back.bounds(p_cal, spot_context(p_cal, None, None), 0.9)
+
+    # a file written before versions existed: the depth-blind method, intervals ŷ ± q·σ
+    blind = calibrate(p_cal, cal.y, spot_context(p_cal, None, None), genes, ["cal"])
+    tensors = load_file(str(tmp_path / "v2.safetensors"))
+    tensors.pop("reference_depth")
+    old_meta = {"method": "normalised split-conformal", "sections": ["cal"], "genes": genes, "n_scores": 72}
+    tensors["scores"] = blind.scores.astype(np.float32)
+    for k, v in zip(("coef", "floor", "centre", "width"), (blind.scale_model.coef, blind.scale_model.floor,
+                                                           blind.scale_model.centre, blind.scale_model.width)):
+        tensors[k] = v.astype(np.float32)
+    ckpt.save_tensors(tmp_path / "old.safetensors", tensors, metadata={"calibration": json.dumps(old_meta)})
+    old = Calibration.load(tmp_path / "old.safetensors")
+    assert old.version == 1 and old.measurement is None
+    spot = assess(Trust(calibration=old), p_cal, cal, 0.9)
+    assert spot.depth is None
+    np.testing.assert_allclose(spot.upper - p_cal, p_cal - spot.lower, atol=1e-5)  # symmetric, as before
+    ckpt.save_tensors(tmp_path / "v9.safetensors", tensors,
+                      metadata={"calibration": json.dumps({**old_meta, "version": 9})})
+    with pytest.raises(ValueError, match="version 9"):
+        Calibration.load(tmp_path / "v9.safetensors")
+
+
+def test_reading_moments_follow_poisson_simulation() -> None:
+    """The tabulated mean and variance of a neighbour-averaged reading match a Monte-Carlo of
+    the same Poisson model (one depth, no over-dispersion)."""
+    from napari_dkan.engine.measurement import DepthProfile, grid_neighbours, reading_moments
+    from napari_dkan.io.expression import normalize
+
+    rng = np.random.default_rng(5)
+    rows, cols = np.divmod(np.arange(36), 6)
+    share = rng.dirichlet(np.full(30, 0.5), size=36)
+    pred = np.log10(1 + 1e4 * share)
+    nbr = grid_neighbours(np.column_stack([rows, cols]))
+    assert nbr.shape == (36, 9) and (nbr[:, 0] == np.arange(36)).all()
+    profile = DepthProfile(np.full(9, 200.0), "given")
+    mean, var = reading_moments(pred, nbr, profile)
+    draws = []
+    for _ in range(3000):
+        reading = normalize(rng.poisson(200.0 * share)).astype(np.float64)
+        reading[rng.poisson(200.0 * share).sum(axis=1) < 0] = 0  # keep the shape
+        valid = nbr >= 0
+        draws.append((reading[np.where(valid, nbr, 0)] * valid[..., None]).sum(axis=1) / valid.sum(axis=1)[:, None])
+    draws = np.array(draws)
+    # normalising by the spot's own total instead of the depth moves the mean a little
+    assert np.abs(mean - draws.mean(axis=0)).mean() < 0.05
+    assert np.median(var / draws.var(axis=0)) == pytest.approx(1.0, abs=0.15)
 
 
 # -- reliability --------------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
             data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device)
         from napari_dkan.engine.trust import assess
 
-        return index, values, cached, device, assess(trust, values, data.patch_feat)
+        return index, values, cached, device, assess(trust, values, data, smoothed=model.smoothing)
 
     def predict_values(report: Report) -> tuple[np.ndarray, np.ndarray, bool, str, Any]:
         spots = section.spots

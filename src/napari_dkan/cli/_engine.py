@@ -101,6 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
     p.add_argument("--level", type=float, default=0.9,
                    help="nominal coverage of the per-spot intervals (default 0.9)")
+    p.add_argument("--depth", type=float, default=None,
+                   help="sequencing depth the intervals are for, as the median panel total per spot, "
+                   "for a section without counts (default: the calibration section's; a section with "
+                   "counts uses its own)")
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -413,10 +417,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise DataError(f"the output {args.output} is a folder: give an .h5ad file name")
     check_writable(args.output.parent.resolve())  # before any feature is computed
+    if args.depth is not None and not args.depth > 0:
+        raise DataError(f"--depth is the median panel total per spot, a positive number; got {args.depth}")
     bars = _Bars(not args.json)
     try:
         adata = predict_section(model, section, device=args.device, progress=bars.status,
-                                level=args.level, runtime=args.runtime)
+                                level=args.level, runtime=args.runtime, depth=args.depth)
     finally:
         bars.close()
     atomic_write(args.output, adata.write_h5ad, anndata_size_hint(adata))
@@ -424,7 +430,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     payload = {"output": str(args.output), "spots": adata.n_obs, "genes": adata.n_vars, "section": section.name,
                "model": str(model.run_dir), "ood_score": uns.get("ood_score"),
                "ood_threshold": uns.get("ood_threshold"), "out_of_domain": uns.get("out_of_domain"),
-               "interval_level": uns.get("interval_level"), "seen_by_model": uns.get("seen_by_model")}
+               "interval_level": uns.get("interval_level"), "interval_depth": uns.get("interval_depth"),
+               "interval_depth_source": uns.get("interval_depth_source"), "seen_by_model": uns.get("seen_by_model")}
     notes = []
     if uns.get("out_of_domain"):
         notes.append(f"WARNING: this tissue looks unlike the model's training data (score "

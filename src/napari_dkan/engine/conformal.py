@@ -6,13 +6,23 @@ split at random into two halves:
 1. **Scale** (half A): for each gene, a ridge regression of the absolute residual |y − ŷ| on
    what is known at prediction time — the gene's prediction ŷ_g, the spot's mean prediction over
    the panel, and the spot's out-of-domain score (how far its image lies from the training
-   images; image-feature axes were tried and made the intervals wider on unseen sections).  Its output, floored at
-   a fraction of the gene's mean absolute residual, is the spot's scale σ_g(x).
+   images; image-feature axes were tried and made the intervals wider on unseen sections).  Its
+   output, floored at a fraction of the gene's mean absolute residual, is the spot's scale σ_g(x).
 2. **Conformal** (half B): the normalised scores |y − ŷ| / σ_g(x); for a nominal level 1 − α the
    interval is ŷ ± q·σ_g(x) with q the ⌈(n + 1)(1 − α)⌉-th smallest score of the gene.  Under
    exchangeability of calibration and test spots each gene's interval covers with probability
    ≥ 1 − α; sections that differ from the calibration section (depth, staining) break that
    assumption, and the benchmark table says where.
+
+**Depth-aware** calibrations (version 2, :class:`Measurement` present) split the spot's variance
+into the model's error and the measurement's noise (:mod:`.measurement`): the scale model's
+output, read as a standard deviation (× √(π/2) for a normal |residual|), is the total at the
+calibration depth; less the reading variance there, it is the model-error variance, floored.
+A section at another depth gets sd² = model-error variance + its own reading variance, the
+centre moves by the change in the reading's mean (shallow readings are lower), and the lower
+bound is clipped at 0 (no target is negative).  The normalised scores are taken with that sd at
+the calibration depth, so at the calibration depth the intervals are the usual conformal ones.
+Version-1 files (written before) keep their symmetric ŷ ± q·σ intervals.
 
 The scores are stored, so any level can be asked for later.
 """
@@ -27,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_dkan.engine.domain import DomainSummary
+from napari_dkan.engine.measurement import DepthProfile
 
 CALIBRATION_FILE = "calibration.safetensors"
 DEFAULT_LEVEL = 0.9
@@ -35,6 +46,9 @@ FLOOR = 0.1  # σ ≥ FLOOR × the gene's mean absolute residual
 METHOD = ("normalised split-conformal: per-gene ridge model of |residual| on the prediction, the "
           "spot's mean prediction and its out-of-domain score "
           "(fitted on half of the calibration spots), conformal quantile on the other half")
+DEPTH_METHOD = METHOD + ("; depth-aware: the scale split into model error and the Poisson reading "
+                         "noise of the section's sequencing depth (over-dispersed, neighbour-averaged)")
+NORMAL_SD = float(np.sqrt(np.pi / 2))  # E|Z|·√(π/2) = sd for a normal error
 
 
 def spot_context(pred: np.ndarray, features: np.ndarray | None, domain: DomainSummary | None) -> np.ndarray:
@@ -69,9 +83,10 @@ class ScaleModel:
         return np.maximum(sigma, self.floor[None, :])
 
 
-def fit_scale(pred: np.ndarray, truth: np.ndarray, context: np.ndarray, ridge: float = RIDGE) -> ScaleModel:
+def fit_scale(pred: np.ndarray, absres: np.ndarray, context: np.ndarray, ridge: float = RIDGE) -> ScaleModel:
+    """The per-gene ridge model of ``absres`` (the absolute residuals, or any scale target)."""
     pred = np.asarray(pred, dtype=np.float64)
-    absres = np.abs(np.asarray(truth, dtype=np.float64) - pred)
+    absres = np.asarray(absres, dtype=np.float64)
     centre = np.concatenate([[pred.mean()], context.mean(axis=0)])
     width = np.concatenate([[pred.std() or 1.0], context.std(axis=0)])
     width[width < 1e-12] = 1.0
@@ -88,13 +103,38 @@ def fit_scale(pred: np.ndarray, truth: np.ndarray, context: np.ndarray, ridge: f
 
 
 @dataclass
+class Measurement:
+    """What a depth-aware calibration knows of the readings: the calibration sections' depth
+    and the counts' over-dispersion relative to Poisson."""
+
+    reference: DepthProfile
+    overdispersion: float
+
+
+@dataclass
+class Reading:
+    """The reading noise behind one prediction (N × G each): the move of its mean from the
+    calibration depth to the section's depth, and its variance at either depth."""
+
+    shift: np.ndarray
+    var_reference: np.ndarray
+    var_section: np.ndarray
+
+
+@dataclass
 class Calibration:
-    """A model's conformal calibration: its scale model and the sorted normalised scores."""
+    """A model's conformal calibration: its scale model and the sorted normalised scores
+    (``measurement`` present: depth-aware, version 2)."""
 
     scale_model: ScaleModel
     scores: np.ndarray  # (n, G) normalised scores of the conformal half, sorted per gene
     sections: list[str]
     genes: list[str]
+    measurement: Measurement | None = None
+
+    @property
+    def version(self) -> int:
+        return 1 if self.measurement is None else 2
 
     def quantile(self, level: float = DEFAULT_LEVEL) -> np.ndarray:
         """Per gene, the conformal quantile of the normalised scores at a nominal level."""
@@ -108,50 +148,95 @@ class Calibration:
 
     def interval_halfwidth(self, pred: np.ndarray, context: np.ndarray,
                            level: float = DEFAULT_LEVEL) -> np.ndarray:
-        """Half-width of each spot's interval per gene (N × G)."""
+        """Half-width of each spot's version-1 interval ŷ ± q·σ per gene (N × G)."""
         return self.scale_model.scale(pred, context) * self.quantile(level)[None, :]
+
+    def spread(self, pred: np.ndarray, context: np.ndarray, reading: Reading) -> np.ndarray:
+        """A depth-aware calibration's per-spot sd at the section's depth (N × G)."""
+        sm = self.scale_model
+        model_var = np.maximum(sm.scale(pred, context) ** 2 - reading.var_reference, sm.floor[None, :] ** 2)
+        return np.sqrt(model_var + reading.var_section)
+
+    def bounds(self, pred: np.ndarray, context: np.ndarray, level: float = DEFAULT_LEVEL,
+               reading: Reading | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of each spot's interval per gene (N × G each); a
+        depth-aware calibration needs the ``reading`` of the section."""
+        pred = np.asarray(pred, dtype=np.float64)
+        if self.measurement is None:
+            half = self.interval_halfwidth(pred, context, level)
+            return pred - half, pred + half
+        if reading is None:
+            raise ValueError("a depth-aware calibration needs the reading noise of the section")
+        half = self.quantile(level)[None, :] * self.spread(pred, context, reading)
+        centre = pred + reading.shift
+        return np.maximum(centre - half, 0.0), centre + half
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         from napari_dkan.engine import checkpoint as ckpt
 
         sm = self.scale_model
-        meta = {"method": METHOD, "sections": self.sections, "genes": self.genes,
-                "n_scores": len(self.scores), **(extra or {})}
-        ckpt.save_tensors(Path(path), {
-            "coef": sm.coef.astype(np.float32), "floor": sm.floor.astype(np.float32),
-            "centre": sm.centre.astype(np.float32), "width": sm.width.astype(np.float32),
-            "scores": self.scores.astype(np.float32),
-        }, metadata={"calibration": json.dumps(meta)})
+        meta = {"version": self.version, "method": METHOD if self.measurement is None else DEPTH_METHOD,
+                "sections": self.sections, "genes": self.genes, "n_scores": len(self.scores), **(extra or {})}
+        tensors = {"coef": sm.coef.astype(np.float32), "floor": sm.floor.astype(np.float32),
+                   "centre": sm.centre.astype(np.float32), "width": sm.width.astype(np.float32),
+                   "scores": self.scores.astype(np.float32)}
+        if self.measurement is not None:
+            meta["overdispersion"] = self.measurement.overdispersion
+            tensors["reference_depth"] = self.measurement.reference.quantiles.astype(np.float32)
+        ckpt.save_tensors(Path(path), tensors, metadata={"calibration": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
+        """A calibration file of any version (files without one are version 1)."""
         from safetensors import safe_open
         from safetensors.numpy import load_file
 
         a = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads((f.metadata() or {})["calibration"])
+        version = int(meta.get("version", 1))
+        if version > 2:
+            raise ValueError(f"{path} is a calibration of version {version}; this napari-dkan reads "
+                             "versions 1 and 2: update napari-dkan")
+        measurement = None
+        if version == 2:
+            measurement = Measurement(DepthProfile(a["reference_depth"], "calibration"),
+                                      float(meta["overdispersion"]))
         return cls(ScaleModel(a["coef"], a["floor"], a["centre"], a["width"]), a["scores"],
-                   list(meta["sections"]), list(meta["genes"]))
+                   list(meta["sections"]), list(meta["genes"]), measurement)
 
 
 def calibrate(pred: np.ndarray, truth: np.ndarray, context: np.ndarray, genes: Sequence[str],
-              sections: Sequence[str] = (), seed: int = 0) -> Calibration:
-    """Fit the scale on one random half of the calibration spots, the scores on the other."""
+              sections: Sequence[str] = (), seed: int = 0, measurement: Measurement | None = None,
+              reading_var: np.ndarray | None = None) -> Calibration:
+    """Fit the scale on one random half of the calibration spots, the scores on the other.
+
+    With ``measurement`` (and ``reading_var``, the calibration spots' reading variance at their
+    own depth) the calibration is depth-aware (module docstring)."""
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     n = len(pred)
     if n < 20:
         raise ValueError(f"conformal calibration needs at least 20 held-out spots, got {n}")
+    if (measurement is None) != (reading_var is None):
+        raise ValueError("a depth-aware calibration needs both the measurement and the reading variance")
     order = np.random.default_rng(seed).permutation(n)
     half_a, half_b = order[: n // 2], order[n // 2:]
-    scale = fit_scale(pred[half_a], truth[half_a], context[half_a])
-    sigma = scale.scale(pred[half_b], context[half_b])
-    scores = np.sort(np.abs(truth[half_b] - pred[half_b]) / sigma, axis=0)
-    return Calibration(scale, scores, list(sections), list(genes))
+    absres = np.abs(truth - pred)
+    if measurement is None:
+        scale = fit_scale(pred[half_a], absres[half_a], context[half_a])
+        sigma = scale.scale(pred[half_b], context[half_b])
+        return Calibration(scale, np.sort(absres[half_b] / sigma, axis=0), list(sections), list(genes))
+    scale = fit_scale(pred[half_a], NORMAL_SD * absres[half_a], context[half_a])
+    var = np.asarray(reading_var, dtype=np.float64)[half_b]
+    at_home = Reading(np.zeros_like(var), var, var)
+    cal = Calibration(scale, np.zeros((0, pred.shape[1])), list(sections), list(genes), measurement)
+    cal.scores = np.sort(absres[half_b] / cal.spread(pred[half_b], context[half_b], at_home), axis=0)
+    return cal
 
 
-def coverage_and_width(pred: np.ndarray, truth: np.ndarray, halfwidth: np.ndarray) -> tuple[float, float]:
-    """Fraction of spot × gene values inside ŷ ± half-width, and the mean interval width."""
-    inside = np.abs(np.asarray(truth) - np.asarray(pred)) <= halfwidth
-    return float(inside.mean()), float(2.0 * np.mean(halfwidth))
+def coverage_and_width(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[float, float]:
+    """Fraction of spot × gene values inside [lower, upper], and the mean interval width."""
+    truth = np.asarray(truth)
+    inside = (lower <= truth) & (truth <= upper)
+    return float(inside.mean()), float(np.mean(np.asarray(upper) - np.asarray(lower)))

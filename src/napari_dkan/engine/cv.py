@@ -219,12 +219,12 @@ def add_coverage(rep: Report, model: TrainedModel, folds: Sequence[Fold],
     from napari_dkan.engine.trust import assess
 
     for row, fold in zip(rep.folds, folds):
-        pred = np.concatenate([preds[n] for n in fold.test])
         truth = np.concatenate([data[n].y for n in fold.test])
-        feats = np.concatenate([data[n].patch_feat for n in fold.test])
         for level in (0.8, 0.9):
-            half = assess(model.trust, pred, feats, level).halfwidth
-            cov, width = coverage_and_width(pred, truth, half)
+            # each section at its own depth
+            spots = [assess(model.trust, preds[n], data[n], level, model.smoothing) for n in fold.test]
+            cov, width = coverage_and_width(truth, np.concatenate([t.lower for t in spots]),
+                                            np.concatenate([t.upper for t in spots]))
             row[f"COVERAGE-{round(level * 100)}"] = cov
             if level == 0.9:
                 row["WIDTH-90"] = width

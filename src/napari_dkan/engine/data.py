@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_dkan.io.dataset import Section
-from napari_dkan.io.expression import section_targets
+from napari_dkan.io.expression import section_panel_counts, targets_from_counts
 
 DEFAULT_ENCODER = "efficientnet-lite0-imagenet"
 
@@ -63,6 +63,7 @@ class SectionData:
     patches: np.ndarray | None = None  # (N, H, W, 3) uint8
     neighbours: np.ndarray | None = None  # (N, k) int64, nearest spots, self first
     y: np.ndarray | None = None  # (N, G) float32 targets
+    panel_counts: np.ndarray | None = None  # (N, G) raw counts behind y (their depth)
 
     def __len__(self) -> int:
         return len(self.spot_id)
@@ -73,7 +74,7 @@ class SectionData:
         out = SectionData(
             self.name, self.patient, self.spot_id[index], self.positions[index], self.xy[index],
             self.patch_feat[index], self.region[index], self.region_mask[index],
-            pick(self.patch_tokens), pick(self.patches), None, pick(self.y),
+            pick(self.patch_tokens), pick(self.patches), None, pick(self.y), pick(self.panel_counts),
         )
         if self.neighbours is not None:
             out.neighbours = nearest_spots(out.xy, self.neighbours.shape[1])
@@ -106,30 +107,31 @@ def load_section_data(
     """Features (from cache when present) and, with a panel and counts, targets of a section."""
     from napari_dkan.features import extract_section_features
 
-    y = None
+    counts = None
     if panel is not None and section.has_counts:
         # first: bad counts (negative, missing genes) fail in a second, not after the features
-        y = section_targets(section, list(panel), smoothing=smoothing)
+        counts = section_panel_counts(section, list(panel))
     feats = extract_section_features(
         section, encoder=features.encoder, mode=features.mode, tile_px=features.tile_px,
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
         progress=progress, cancel=cancel, runtime=runtime,
     )
-    return section_data_from_features(section, feats, features, panel, needs, smoothing, y=y)
+    return section_data_from_features(section, feats, features, panel, needs, smoothing, counts=counts)
 
 
 def section_data_from_features(section: Section, feats: Any, features: FeatureSpec,
                                panel: Sequence[str] | None, needs: Needs = Needs(),
-                               smoothing: bool = True, y: np.ndarray | None = None) -> SectionData:
+                               smoothing: bool = True, counts: np.ndarray | None = None) -> SectionData:
     """A section's data from its extracted features (``SectionFeatures`` in spot order);
-    ``y``: the targets when already computed (else read here with a panel and counts)."""
+    ``counts``: its raw panel counts when already read (else read here with a panel and counts)."""
     from napari_dkan.features import section_patches
 
     spots = section.spots
     if not np.array_equal(feats.spot_id, spots.spot_id):
         raise RuntimeError(f"features of {section.name} are not in the section's spot order")
-    if y is None and panel is not None and section.has_counts:
-        y = section_targets(section, list(panel), smoothing=smoothing)
+    if counts is None and panel is not None and section.has_counts:
+        counts = section_panel_counts(section, list(panel))
+    y = None if counts is None else targets_from_counts(counts, section.spots, smoothing)
     patches = None
     if needs.patches:
         patches = section_patches(section, size=features.tile_px, target_mpp=features.target_mpp)
@@ -147,4 +149,5 @@ def section_data_from_features(section: Section, feats: Any, features: FeatureSp
         patches=patches,
         neighbours=nearest_spots(spots.xy, needs.neighbours) if needs.neighbours else None,
         y=y,
+        panel_counts=None if counts is None else np.asarray(counts, dtype=np.float32),
     )

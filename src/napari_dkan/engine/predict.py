@@ -32,11 +32,14 @@ def predict_section(
     cancel: CancelToken | None = None,
     level: float = 0.9,
     runtime: str = "auto",
+    depth: float | None = None,
 ) -> Any:
     """An AnnData of the model's predictions for every spot of ``section``, with intervals at
     the nominal ``level`` and the out-of-domain score when the model carries them.
 
-    ``runtime`` runs the image encoder (see :mod:`napari_dkan.features.runtimes`)."""
+    ``runtime`` runs the image encoder (see :mod:`napari_dkan.features.runtimes`); ``depth``:
+    the median panel total per spot the intervals are for when the section has no counts
+    (default: the calibration's; a section with counts uses its own)."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
     absent = absent_genes(model.panel, section)
@@ -48,7 +51,7 @@ def predict_section(
     if section.has_counts and absent and len(absent) < len(model.panel):
         measured = measured_targets(model, section, absent)
     adata = to_anndata(model, section, pred, measured=measured,
-                       spot_trust=assess(model.trust, pred, data.patch_feat, level))
+                       spot_trust=assess(model.trust, pred, data, level, model.smoothing, depth))
     if section.has_counts and absent:
         adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
     return adata
@@ -132,11 +135,17 @@ def add_trust(adata: Any, spot_trust: SpotTrust, model: TrainedModel) -> None:
     """Intervals in ``layers["lower"]`` / ``["upper"]`` and the level, out-of-domain score and
     training-section status in ``uns["napari_dkan"]``."""
     uns = adata.uns["napari_dkan"]
-    bounds = spot_trust.lower_upper(np.asarray(adata.X))
+    bounds = spot_trust.lower_upper()
     if bounds is not None:
         adata.layers["lower"], adata.layers["upper"] = (b.astype(np.float32) for b in bounds)
         uns["interval_level"] = float(spot_trust.level)
-        uns["interval_method"] = "normalised split-conformal, per gene (see the run's calibration)"
+        if spot_trust.depth is None:
+            uns["interval_method"] = "normalised split-conformal, per gene (see the run's calibration)"
+        else:
+            uns["interval_method"] = ("depth-aware normalised split-conformal, per gene (see the run's "
+                                      "calibration): intervals for the measured values at interval_depth")
+            uns["interval_depth"] = spot_trust.depth.median  # median panel total per spot
+            uns["interval_depth_source"] = spot_trust.depth.source
     if spot_trust.domain is not None:
         adata.obs["ood_score"] = spot_trust.domain.spot_scores.astype(np.float32)
         uns["ood_score"] = float(spot_trust.domain.score)

@@ -25,6 +25,8 @@ from napari_dkan.engine.conformal import (
     CALIBRATION_FILE,
     DEFAULT_LEVEL,
     Calibration,
+    Measurement,
+    Reading,
     calibrate,
     spot_context,
 )
@@ -34,6 +36,12 @@ from napari_dkan.engine.domain import (
     DomainSummary,
     check_domain,
     fit_with_threshold,
+)
+from napari_dkan.engine.measurement import (
+    DepthProfile,
+    grid_neighbours,
+    overdispersion,
+    reading_moments,
 )
 from napari_dkan.engine.metrics import pearson_per_gene
 from napari_dkan.engine.reliability import RELIABILITY_FILE, GeneReliability, from_folds
@@ -79,26 +87,63 @@ class Trust:
 
 @dataclass
 class SpotTrust:
-    """Trust figures of one prediction: interval half-widths and the out-of-domain check."""
+    """Trust figures of one prediction: intervals and the out-of-domain check."""
 
     level: float
-    halfwidth: np.ndarray | None  # (N, G); None without a calibration
+    lower: np.ndarray | None  # (N, G); None without a calibration
+    upper: np.ndarray | None
     domain: DomainCheck | None  # None without a domain summary
+    #: the sequencing depth the intervals are for (None: a calibration that ignores depth)
+    depth: DepthProfile | None = None
 
-    def lower_upper(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        if self.halfwidth is None:
-            return None
-        return pred - self.halfwidth, pred + self.halfwidth
+    @property
+    def halfwidth(self) -> np.ndarray | None:
+        """Half the interval width per spot and gene (the uncertainty layer shows twice this)."""
+        return None if self.lower is None else (self.upper - self.lower) / 2.0
+
+    def lower_upper(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.lower is None else (self.lower, self.upper)
 
 
-def assess(trust: Trust, pred: np.ndarray, features: np.ndarray, level: float = DEFAULT_LEVEL) -> SpotTrust:
-    """Intervals and out-of-domain scores for a prediction from its spots' patch features."""
-    half = None
+def section_depth(calibration: Calibration, data: SectionData, depth: float | None = None) -> DepthProfile | None:
+    """The depth a section's intervals are for: its own when it has counts, else ``depth``
+    (a median panel total per spot), else the calibration's; None for a version-1 calibration."""
+    if calibration.measurement is None:
+        return None
+    if data.panel_counts is not None and len(data.panel_counts):
+        return DepthProfile.of_counts(data.panel_counts)
+    reference = calibration.measurement.reference
+    return reference if depth is None else reference.scaled_to(depth)
+
+
+def reading_of(calibration: Calibration, pred: np.ndarray, data: SectionData, profile: DepthProfile,
+               smoothed: bool = True) -> Reading:
+    """The reading noise of a section's prediction at ``profile`` against the calibration depth."""
+    assert calibration.measurement is not None
+    nbr = grid_neighbours(data.positions, smoothed)
+    kappa = calibration.measurement.overdispersion
+    mean_ref, var_ref = reading_moments(pred, nbr, calibration.measurement.reference, kappa)
+    if profile is calibration.measurement.reference:
+        return Reading(np.zeros_like(mean_ref), var_ref, var_ref)
+    mean, var = reading_moments(pred, nbr, profile, kappa)
+    return Reading(mean - mean_ref, var_ref, var)
+
+
+def assess(trust: Trust, pred: np.ndarray, data: SectionData, level: float = DEFAULT_LEVEL,
+           smoothed: bool = True, depth: float | None = None) -> SpotTrust:
+    """Intervals and out-of-domain scores of a section's prediction (``data``: its spots'
+    patch features, grid positions and, when measured, counts; ``depth``: the median panel
+    total per spot of a section without counts, default the calibration's)."""
+    lower = upper = profile = None
+    features = data.patch_feat
     if trust.calibration is not None:
+        cal = trust.calibration
         ctx = spot_context(pred, features, trust.domain)
-        half = trust.calibration.interval_halfwidth(pred, ctx, level).astype(np.float32)
+        profile = section_depth(cal, data, depth)
+        reading = None if profile is None else reading_of(cal, pred, data, profile, smoothed)
+        lower, upper = (b.astype(np.float32) for b in cal.bounds(pred, ctx, level, reading))
     dom = check_domain(trust.domain, features) if trust.domain is not None else None
-    return SpotTrust(level, half, dom)
+    return SpotTrust(level, lower, upper, dom, profile)
 
 
 def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validation: Sequence[SectionData],
@@ -125,12 +170,28 @@ def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validati
         pred = np.concatenate(preds)
         truth = np.concatenate([d.y for d in scored])
         feats = np.concatenate([d.patch_feat for d in scored])
+        measurement, reading_var = depth_of_calibration(scored, preds, model.smoothing)
         cal = calibrate(pred, truth, spot_context(pred, feats, domain), model.panel,
-                        [d.name for d in scored])
+                        [d.name for d in scored], measurement=measurement, reading_var=reading_var)
         cal.save(run_dir / CALIBRATION_FILE)
     if reliability is not None:
         reliability.save(run_dir / RELIABILITY_FILE)
     return Trust(reliability, cal, domain)
+
+
+def depth_of_calibration(sections: Sequence[SectionData], preds: Sequence[np.ndarray],
+                         smoothed: bool = True) -> tuple[Measurement | None, np.ndarray | None]:
+    """The measurement model of calibration sections (their pooled depth profile and the
+    counts' over-dispersion) and each calibration spot's reading variance at its section's
+    depth; (None, None) when a section lacks raw counts (the calibration ignores depth)."""
+    if not sections or any(d.panel_counts is None for d in sections):
+        return None, None
+    nbrs = [grid_neighbours(d.positions, smoothed) for d in sections]
+    kappa = overdispersion([d.panel_counts for d in sections], nbrs)
+    reference = DepthProfile.of_counts(np.concatenate([d.panel_counts for d in sections]), "calibration")
+    var = [reading_moments(p, nbr, DepthProfile.of_counts(d.panel_counts), kappa)[1]
+           for d, p, nbr in zip(sections, preds, nbrs)]
+    return Measurement(reference, kappa), np.concatenate(var)
 
 
 def reliability_from_cv(cv_dir: str | Path, dataset: Dataset | None = None,

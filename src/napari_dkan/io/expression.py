@@ -146,12 +146,21 @@ def section_targets(
     missing: str = "error",
 ) -> np.ndarray:
     """Training targets (spots × panel) of a section, in its spot order."""
+    return targets_from_counts(section_panel_counts(section, panel, missing), section.spots, smoothing)
+
+
+def section_panel_counts(section: Section, panel: Sequence[str], missing: str = "error") -> np.ndarray:
+    """Raw counts (spots × panel) of a section, in its spot order."""
     try:
-        raw = section.counts.take_genes(list(panel), missing=missing)
+        return np.asarray(section.counts.take_genes(list(panel), missing=missing))
     except DataError as exc:
         raise DataError(f"section {section.name}: {exc}") from exc
-    y = normalize(raw)
-    return smooth(y, section.spots) if smoothing else y
+
+
+def targets_from_counts(panel_counts: np.ndarray, spots: SpotTable, smoothing: bool = True) -> np.ndarray:
+    """Targets from a section's raw panel counts (normalised, then smoothed when asked)."""
+    y = normalize(panel_counts)
+    return smooth(y, spots) if smoothing else y
 
 
 def read_panel_file(path: str) -> list[str]:

@@ -50,6 +50,20 @@ def layout_of(array_row: np.ndarray, array_col: np.ndarray) -> GridLayout:
     return GridLayout.HEX if len(parity) and (parity == parity[0]).all() else GridLayout.SQUARE
 
 
+def grid_neighbour_index(array_row: np.ndarray, array_col: np.ndarray, layout: GridLayout,
+                         include_self: bool = False) -> np.ndarray:
+    """N×K indices of each spot's grid neighbours on ``layout``, -1 where the neighbour is absent."""
+    lookup = {(int(r), int(c)): i for i, (r, c) in enumerate(zip(array_row, array_col))}
+    offsets = list(_NEIGHBOUR_OFFSETS[layout])
+    if include_self:
+        offsets = [(0, 0), *offsets]
+    out = np.full((len(array_row), len(offsets)), -1, dtype=np.int64)
+    for i, (r, c) in enumerate(zip(array_row, array_col)):
+        for k, (dr, dc) in enumerate(offsets):
+            out[i, k] = lookup.get((int(r) + dr, int(c) + dc), -1)
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class SpotTable:
     """Spots of one section, in one order that every per-spot array follows."""
@@ -122,15 +136,7 @@ class SpotTable:
 
     def neighbour_index(self, include_self: bool = False) -> np.ndarray:
         """N×K indices of each spot's grid neighbours, -1 where the neighbour is absent."""
-        lookup = {(int(r), int(c)): i for i, (r, c) in enumerate(zip(self.array_row, self.array_col))}
-        offsets = list(_NEIGHBOUR_OFFSETS[self.layout])
-        if include_self:
-            offsets = [(0, 0), *offsets]
-        out = np.full((len(self), len(offsets)), -1, dtype=np.int64)
-        for i, (r, c) in enumerate(zip(self.array_row, self.array_col)):
-            for k, (dr, dc) in enumerate(offsets):
-                out[i, k] = lookup.get((int(r) + dr, int(c) + dc), -1)
-        return out
+        return grid_neighbour_index(self.array_row, self.array_col, self.layout, include_self)
 
     def col_step_um(self) -> float:
         """Physical distance of one array-column step."""

@@ -92,22 +92,30 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     """Mean and variance (N × G) of the measured, neighbour-averaged target at ``profile``'s
     depth for the rates of ``pred``; ``neighbours``: N × K grid neighbours with the spot itself,
     −1 where absent (one column: no smoothing)."""
+    from scipy import sparse
+
     p = rates(pred)
     valid = neighbours >= 0
-    index = np.where(valid, neighbours, 0)
-    count = valid.sum(axis=1)[:, None].astype(np.float64)
+    count = valid.sum(axis=1).astype(np.float64)
+    spot, slot = np.nonzero(valid)
+    average = sparse.csr_matrix((1.0 / count[spot], (spot, neighbours[spot, slot])), shape=(len(p), len(p)))
+    average_var = sparse.csr_matrix((1.0 / count[spot] ** 2, (spot, neighbours[spot, slot])), shape=(len(p), len(p)))
     e_tabs, v_tabs = _reading_tables(profile.quantiles)
     mean = np.zeros_like(p)
     second = np.zeros_like(p)
     log_grid = np.log(_GRID)
+    step = log_grid[1] - log_grid[0]
     for lo in range(0, p.shape[1], _GENE_CHUNK):
         cols = slice(lo, lo + _GENE_CHUNK)
         for e_tab, v_tab, depth in zip(e_tabs, v_tabs, profile.quantiles):
-            lam = np.log(np.clip(depth * p[:, cols], _GRID[0], _GRID[-1]))
-            e = np.interp(lam, log_grid, e_tab)
-            v = np.interp(lam, log_grid, v_tab)
-            m = (e[index] * valid[..., None]).sum(axis=1) / count
-            var = overdispersion * (v[index] * valid[..., None]).sum(axis=1) / count**2
+            # linear interpolation on the grid, uniform in log λ
+            at = (np.log(np.clip(depth * p[:, cols], _GRID[0], _GRID[-1])) - log_grid[0]) / step
+            i = np.minimum(at.astype(np.int64), len(_GRID) - 2)
+            w = at - i
+            e = e_tab[i] * (1.0 - w) + e_tab[i + 1] * w
+            v = v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
+            m = average @ e
+            var = overdispersion * (average_var @ v)
             mean[:, cols] += m
             second[:, cols] += var + m**2
     k = len(profile.quantiles)

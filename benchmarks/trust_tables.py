@@ -148,6 +148,9 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
                         f"genes_within_10pt_{tag}": float(np.mean(np.abs(per_gene - level) <= 0.10))})
             if level == 0.9:
                 row["spearman_width_abs_error"] = spearman_by_gene(upper - lower, err)
+                # the error from the interval's centre (ŷ moved to the section's depth)
+                row["spearman_width_abs_error_centre"] = spearman_by_gene(
+                    upper - lower, np.abs(data.y - (lower + upper) / 2))
         dom = trust.domain
         row.update({"ood_score": dom.slide_score(data.patch_feat), "ood_threshold": dom.threshold,
                     "ood_held_out": dom.held_out})
@@ -165,7 +168,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
 
 def summarise(rows: list[dict], foreign: dict) -> dict:
     keys = [k for k in rows[0] if isinstance(rows[0][k], float) and k not in ("ood_threshold",)]
-    keys = [k for k in keys if all(k in r for r in rows)]
+    keys = [k for k in keys if all(k in r for r in rows) and k not in ("test_depth", "calibration_depth")]
     mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     inside, outside = [], []
     for r in rows:
@@ -183,16 +186,20 @@ def summarise(rows: list[dict], foreign: dict) -> dict:
 
 
 def markdown(rows: list[dict], foreign: dict, summary: dict) -> str:
-    lines = ["| test section | calibrated on | coverage 80 % | coverage 90 % | width 90 % | constant-width conformal: coverage 90 % / width | width ÷ constant width at equal coverage (90 %) | Spearman ρ(width, abs. error) |",
-             "|---|---|---|---|---|---|---|---|"]
+    def depth(r: dict) -> str:
+        return f"{r['test_depth']:.0f} / {r['calibration_depth']:.0f}" if "test_depth" in r else "—"
+
+    lines = ["| test section | calibrated on | depth: test / calibration | coverage 80 % | coverage 90 % | width 90 % | constant-width conformal: coverage 90 % / width | width ÷ constant width at equal coverage (90 %) | Spearman ρ(width, abs. error) | ρ(width, abs. error from the centre) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['fold']} | {', '.join(r['calibrated_on'])} | {r['coverage_80']:.3f} | {r['coverage_90']:.3f} | "
+        lines.append(f"| {r['fold']} | {', '.join(r['calibrated_on'])} | {depth(r)} | {r['coverage_80']:.3f} | {r['coverage_90']:.3f} | "
                      f"{r['width_90']:.3f} | {r['const_coverage_90']:.3f} / {r['const_width_90']:.3f} | "
-                     f"{r['width_ratio_equal_coverage_90']:.3f} | {r['spearman_width_abs_error']:.3f} |")
+                     f"{r['width_ratio_equal_coverage_90']:.3f} | {r['spearman_width_abs_error']:.3f} | "
+                     f"{r['spearman_width_abs_error_centre']:.3f} |")
     m = summary["mean"]
-    lines.append(f"| **mean** | | {m['coverage_80']:.3f} | {m['coverage_90']:.3f} | {m['width_90']:.3f} | "
+    lines.append(f"| **mean** | | | {m['coverage_80']:.3f} | {m['coverage_90']:.3f} | {m['width_90']:.3f} | "
                  f"{m['const_coverage_90']:.3f} / {m['const_width_90']:.3f} | {m['width_ratio_equal_coverage_90']:.3f} | "
-                 f"{m['spearman_width_abs_error']:.3f} |")
+                 f"{m['spearman_width_abs_error']:.3f} | {m['spearman_width_abs_error_centre']:.3f} |")
     lines += ["", "| slide | scored by | out-of-domain score | threshold | warned |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| HER2ST {r['fold']} (held out) | fold {r['fold']} (trained on {', '.join(r['train'])}) | "

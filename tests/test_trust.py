@@ -343,6 +343,20 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
     assert adata.uns["napari_dkan"]["interval_level"] == 0.8
     inside = (adata.layers["lower"] <= adata.layers["measured"]) & (adata.layers["measured"] <= adata.layers["upper"])
     assert inside.mean() == pytest.approx(ev["folds"][0]["COVERAGE-80"], abs=1e-6)
+    assert adata.uns["napari_dkan"]["interval_depth_source"] == "measured"  # C3's own counts
+    assert pred["interval_depth"] == pytest.approx(adata.uns["napari_dkan"]["interval_depth"])
+    # the same section asked for at a 20× shallower depth: wider intervals, the depth recorded
+    shallow = tmp_path / "c3-shallow.h5ad"
+    depth = adata.uns["napari_dkan"]["interval_depth"] / 20
+    assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
+                 "-o", str(shallow), "--level", "0.8", "--depth", str(depth), "--json"]) == 0
+    assert _last_json(capsys)["interval_depth_source"] == "given"
+    wide = anndata.read_h5ad(shallow)
+    assert wide.uns["napari_dkan"]["interval_depth"] == pytest.approx(depth, rel=1e-6)
+    assert np.mean(wide.layers["upper"] - wide.layers["lower"]) > 1.3 * np.mean(adata.layers["upper"] - adata.layers["lower"])
+    assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
+                 "-o", str(shallow), "--depth", "0"]) == 2
+    assert "--depth is the median panel total per spot" in capsys.readouterr().err
 
     # after the fact: remove the files, attach them again with reliability from the CV folder
     for f in ("reliability.json", "calibration.safetensors", "domain.safetensors"):

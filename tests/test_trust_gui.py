@@ -118,8 +118,13 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
 
     written = dock.export(tmp_path / "c3.h5ad")
     adata = anndata.read_h5ad(written)
-    np.testing.assert_allclose(adata.layers["upper"] - adata.X, dock._spot_trust.halfwidth, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adata.layers["upper"], dock._spot_trust.upper, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adata.layers["upper"] - adata.layers["lower"], 2 * dock._spot_trust.halfwidth,
+                               rtol=1e-5, atol=1e-6)
     assert adata.uns["napari_dkan"]["interval_level"] == 0.9
+    # C3 has counts: its intervals are for its own sequencing depth (the calibration is depth-aware)
+    assert dock._spot_trust.depth.source == "measured"
+    assert adata.uns["napari_dkan"]["interval_depth_source"] == "measured"
     assert adata.uns["napari_dkan"]["seen_by_model"] == "training"
 
 

@@ -257,9 +257,18 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
         trust = model.trust
         if trust.calibration is None and trust.domain is None:
             return index, values, cached, device, None
+        subset = section if request.box is None else with_spots(section, index)
         if data is None:  # from the prediction cache: the features come from the feature cache
-            subset = section if request.box is None else with_spots(section, index)
             data = model.section_data(subset, with_targets=False, cancel=cancel, device=request.device)
+        if trust.calibration is not None and trust.calibration.measurement is not None and subset.has_counts:
+            # a measured section's intervals are for its own sequencing depth
+            from napari_dkan.io.errors import DataError
+            from napari_dkan.io.expression import section_panel_counts
+
+            try:
+                data.panel_counts = section_panel_counts(subset, model.panel, missing="zero")
+            except DataError:
+                pass  # unreadable counts: the calibration's depth
         from napari_dkan.engine.trust import assess
 
         return index, values, cached, device, assess(trust, values, data, smoothed=model.smoothing)

@@ -102,9 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=float, default=0.9,
                    help="nominal coverage of the per-spot intervals (default 0.9)")
     p.add_argument("--depth", type=float, default=None,
-                   help="sequencing depth the intervals are for, as the median panel total per spot, "
-                   "for a section without counts (default: the calibration section's; a section with "
-                   "counts uses its own)")
+                   help="sequencing depth the intervals are for, as the median panel total per spot "
+                   "(default: the section's own when it has counts, else the calibration section's)")
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
 

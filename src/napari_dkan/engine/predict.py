@@ -38,8 +38,8 @@ def predict_section(
     the nominal ``level`` and the out-of-domain score when the model carries them.
 
     ``runtime`` runs the image encoder (see :mod:`napari_dkan.features.runtimes`); ``depth``:
-    the median panel total per spot the intervals are for when the section has no counts
-    (default: the calibration's; a section with counts uses its own)."""
+    the median panel total per spot the intervals are for (default: the section's own when it
+    has counts, else the calibration section's)."""
     feats_cb = (lambda d, t: progress("features", d, t)) if progress else None
     pred_cb = (lambda d, t: progress("predicting", d, t)) if progress else None
     absent = absent_genes(model.panel, section)

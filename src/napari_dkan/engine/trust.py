@@ -106,14 +106,17 @@ class SpotTrust:
 
 
 def section_depth(calibration: Calibration, data: SectionData, depth: float | None = None) -> DepthProfile | None:
-    """The depth a section's intervals are for: its own when it has counts, else ``depth``
-    (a median panel total per spot), else the calibration's; None for a version-1 calibration."""
+    """The depth a section's intervals are for: ``depth`` when given (a median panel total per
+    spot: the calibration's profile scaled to it), else the section's own when it has counts,
+    else the calibration's; None for a version-1 calibration (depth ignored)."""
     if calibration.measurement is None:
         return None
+    reference = calibration.measurement.reference
+    if depth is not None:
+        return reference.scaled_to(depth)
     if data.panel_counts is not None and len(data.panel_counts):
         return DepthProfile.of_counts(data.panel_counts)
-    reference = calibration.measurement.reference
-    return reference if depth is None else reference.scaled_to(depth)
+    return reference
 
 
 def reading_of(calibration: Calibration, pred: np.ndarray, data: SectionData, profile: DepthProfile,
@@ -133,7 +136,7 @@ def assess(trust: Trust, pred: np.ndarray, data: SectionData, level: float = DEF
            smoothed: bool = True, depth: float | None = None) -> SpotTrust:
     """Intervals and out-of-domain scores of a section's prediction (``data``: its spots'
     patch features, grid positions and, when measured, counts; ``depth``: the median panel
-    total per spot of a section without counts, default the calibration's)."""
+    total per spot the intervals are for, see :func:`section_depth`)."""
     lower = upper = profile = None
     features = data.patch_feat
     if trust.calibration is not None:

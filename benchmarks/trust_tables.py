@@ -15,7 +15,7 @@ validation spots), then its held-out test section S is scored:
   sections (in domain) against the foreign slides (pairs taken within the same fold summary).
 
     python benchmarks/trust_tables.py CV_DIR --data ../shared/data/her2st --out WORK [--json out.json]
-        [--depth-blind]
+        [--depth-blind] [--folds B4 C2]
 
 The fold folders are copied into ``WORK`` (default: a temporary folder) and the trust files are
 written there, never into CV_DIR.  ``--depth-blind`` calibrates without the sections' counts
@@ -83,7 +83,7 @@ TRUST_FILES = ("reliability.json", "calibration.safetensors", "domain.safetensor
 
 
 def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
-              depth_blind: bool = False) -> tuple[list[dict], dict]:
+              depth_blind: bool = False, only: list[str] | None = None) -> tuple[list[dict], dict]:
     import shutil
 
     from napari_dkan.engine.conformal import coverage_and_width
@@ -98,6 +98,8 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
     for source_dir in sorted(cv_dir.glob("fold-*")):
         t0 = time.perf_counter()
         test = source_dir.name.removeprefix("fold-")
+        if only and test not in only:
+            continue
         fold_dir = work / source_dir.name  # the trust files are written here, not into the CV folder
         if fold_dir.exists():
             shutil.rmtree(fold_dir)
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     "written (default: a temporary folder)")
     ap.add_argument("--depth-blind", action="store_true",
                     help="calibrate without the sections' counts (version-1 intervals, depth ignored)")
+    ap.add_argument("--folds", nargs="+", help="only these folds (test sections), e.g. while the others train")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     import tempfile
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.out or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        rows, foreign = fold_rows(args.cv_dir, args.data, args.device, work, args.depth_blind)
+        rows, foreign = fold_rows(args.cv_dir, args.data, args.device, work, args.depth_blind, args.folds)
     summary = summarise(rows, foreign)
     if args.json:
         args.json.write_text(json.dumps({"folds": rows, "foreign": foreign, "summary": summary}, indent=1))

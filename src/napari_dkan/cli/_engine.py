@@ -392,10 +392,17 @@ def cmd_trust(args: argparse.Namespace) -> int:
                    "median_r": float(np.nanmedian(rel.r)),
                    "unreliable_genes": int(sum(1 for g in rel.genes if verdict(rel.of(g)) == "unreliable"))},
                "calibration_sections": None if cal is None else cal.sections,
+               "calibration_version": None if cal is None else cal.version,
+               "calibration_depth": None if cal is None or cal.measurement is None
+               else cal.measurement.reference.median,
+               "overdispersion": None if cal is None or cal.measurement is None else cal.measurement.overdispersion,
                "ood_threshold": None if dom is None else dom.threshold,
                "ood_held_out": None if dom is None else dom.held_out}
     text = (f"{model.run_dir}: reliability [{payload['reliability']['protocol'] if rel else 'none'}], "
-            f"calibration on {', '.join(cal.sections) if cal else 'nothing'}, out-of-domain threshold "
+            f"calibration on {', '.join(cal.sections) if cal else 'nothing'}"
+            + (f" (depth-aware: median panel total {cal.measurement.reference.median:.0f} per spot, counts "
+               f"over-dispersed {cal.measurement.overdispersion:.2f}× Poisson)" if cal and cal.measurement else "")
+            + ", out-of-domain threshold "
             f"{dom.threshold:.2f} (held out: "
             + ", ".join(f"{k} {v:.2f}" for k, v in dom.held_out.items()) + ")")
     emit(args, payload, text)

@@ -143,7 +143,11 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
             per_gene = ((lower <= data.y) & (data.y <= upper)).mean(axis=0)
             # the constant width per gene (around ŷ) that reaches the same coverage on the test section
             equal = np.array([np.quantile(err[:, g], per_gene[g]) for g in range(err.shape[1])])
+            # … and around the interval's centre (ŷ moved to the section's depth): the width's own share
+            off = np.abs(data.y - (lower + upper) / 2)
+            equal_centre = np.array([np.quantile(off[:, g], per_gene[g]) for g in range(err.shape[1])])
             tag = round(level * 100)
+            row[f"width_ratio_equal_coverage_centre_{tag}"] = width / (2 * float(equal_centre.mean()))
             row.update({f"coverage_{tag}": cov, f"width_{tag}": width,
                         f"const_coverage_{tag}": ccov, f"const_width_{tag}": cwidth,
                         f"width_ratio_equal_coverage_{tag}": width / (2 * float(equal.mean())),

@@ -175,6 +175,10 @@ def test_depth_aware_calibration_round_trip_and_old_files_still_load(tmp_path: P
     spot = assess(Trust(calibration=old), p_cal, cal, 0.9)
     assert spot.depth is None
     np.testing.assert_allclose(spot.upper - p_cal, p_cal - spot.lower, atol=1e-5)  # symmetric, as before
+    from napari_dkan._widgets.trust_view import uncertainty_tip
+
+    assert "`napari-dkan trust` recalibrates" in uncertainty_tip(old)  # the dock says the depth is ignored
+    assert "median 2" in uncertainty_tip(back) and "own sequencing depth" in uncertainty_tip(back)
     ckpt.save_tensors(tmp_path / "v9.safetensors", tensors,
                       metadata={"calibration": json.dumps({**old_meta, "version": 9})})
     with pytest.raises(ValueError, match="version 9"):

@@ -124,6 +124,7 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert adata.uns["napari_dkan"]["interval_level"] == 0.9
     # C3 has counts: its intervals are for its own sequencing depth (the calibration is depth-aware)
     assert dock._spot_trust.depth.source == "measured"
+    assert "sequencing depth" in dock.trust.uncertainty.toolTip()
     assert adata.uns["napari_dkan"]["interval_depth_source"] == "measured"
     assert adata.uns["napari_dkan"]["seen_by_model"] == "training"
 

@@ -119,7 +119,9 @@ class TrustPanel(QWidget):
                               + " (trained before napari-dkan recorded them; `napari-dkan trust` adds them)")
                              if missing else "")
         self.missing.setVisible(bool(missing))
-        self.uncertainty.setEnabled(model is not None and model.trust.calibration is not None)
+        cal = model.trust.calibration if model is not None else None
+        self.uncertainty.setEnabled(cal is not None)
+        self.uncertainty.setToolTip(uncertainty_tip(cal))
         self.show_domain(None, model)
 
     def show_gene(self, model: TrainedModel | None, gene: str | None) -> None:
@@ -188,6 +190,19 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
     elif ": UNRELIABLE (" in overlay.text:
         overlay.visible = False  # ours: take it down (another tool's text is left alone)
         overlay.text = ""
+
+
+def uncertainty_tip(calibration: Any) -> str:
+    """What the uncertainty layer shows, in words (and for which sequencing depth)."""
+    tip = "width of each spot's 90 % prediction interval for the chosen gene (calibrated on held-out spots)"
+    if calibration is None:
+        return tip
+    if calibration.measurement is None:
+        return (tip + "; calibrated before intervals knew the sequencing depth: a section sequenced "
+                "shallower than the calibration section gets intervals that are too narrow "
+                "(`napari-dkan trust` recalibrates)")
+    return (tip + "; for the section's own sequencing depth when it has counts, else the calibration "
+            f"section's (median {calibration.measurement.reference.median:.0f} panel counts per spot)")
 
 
 class UncertaintyLayer:

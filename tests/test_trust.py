@@ -71,7 +71,8 @@ def test_calibration_round_trip_and_any_level(tmp_path: Path) -> None:
 
 
 # -- depth-aware intervals: a synthetic Poisson section at two depths ------------------------
-def _poisson_section(name: str, depth: float, rng: np.random.Generator, side: int = 24, genes: int = 40):
+def _poisson_section(name: str, depth: float, rng: np.random.Generator, side: int = 24, genes: int = 40,
+                     smoothing: bool = True):
     """A square grid of spots whose panel proportions are known (a smooth field per gene), with
     Poisson counts at a section depth (spots spread ×/÷ 2 around it); the model's prediction is
     the deep-depth target of the true proportions plus a spatially smooth error of known size."""
@@ -91,7 +92,7 @@ def _poisson_section(name: str, depth: float, rng: np.random.Generator, side: in
     counts = rng.poisson(totals[:, None] * share).astype(np.float32)
     spots = SpotTable(np.array([f"{name}-{i}" for i in range(len(rows))]), rows, cols, cols * 10.0, rows * 10.0,
                       np.ones(len(rows), bool), None, "square", 200.0, 100.0)
-    truth = smooth(normalize(counts), spots)
+    truth = smooth(normalize(counts), spots) if smoothing else normalize(counts)
     deep_target = np.log10(1.0 + 1e4 * share)
     model_error = 0.08 * np.sin(rows[:, None] / 3.0 + rng.uniform(0, 6, genes))
     pred = deep_target + model_error
@@ -135,6 +136,25 @@ def test_depth_aware_intervals_calibrated_deep_cover_a_shallow_section() -> None
     shallow.panel_counts = None
     assert _coverage(aware, p_shallow, shallow, 0.9) < 0.8
     assert abs(_coverage(aware, p_shallow, shallow, 0.9, depth=float(np.median(counts.sum(axis=1)))) - 0.9) < 0.05
+
+
+def test_depth_aware_intervals_for_unsmoothed_targets() -> None:
+    from napari_dkan.engine.conformal import spot_context
+    from napari_dkan.engine.trust import Trust, depth_of_calibration
+
+    rng = np.random.default_rng(11)
+    cal, p_cal = _poisson_section("deep-cal", 3000.0, rng, smoothing=False)
+    shallow, p_shallow = _poisson_section("shallow", 300.0, rng, smoothing=False)
+    measurement, var = depth_of_calibration([cal], [p_cal], smoothed=False)
+    trust = Trust(calibration=calibrate(p_cal, cal.y, spot_context(p_cal, None, None),
+                                        [f"g{i}" for i in range(p_cal.shape[1])],
+                                        measurement=measurement, reading_var=var))
+    for level in (0.8, 0.9):
+        # single-spot readings at a shallow depth are discrete (mostly 0, 1 or 2 counts): the
+        # Gaussian reading errs on the wide side
+        assert level - 0.03 < _coverage(trust, p_shallow, shallow, level, smoothed=False) < level + 0.08
+    # read as if smoothed, the single-spot noise is taken 9× too small: far under nominal
+    assert _coverage(trust, p_shallow, shallow, 0.9, smoothed=True) < 0.8
 
 
 def test_depth_aware_calibration_round_trip_and_old_files_still_load(tmp_path: Path) -> None:

@@ -190,7 +190,8 @@ def depth_of_calibration(sections: Sequence[SectionData], preds: Sequence[np.nda
     if not sections or any(d.panel_counts is None for d in sections):
         return None, None
     nbrs = [grid_neighbours(d.positions, smoothed) for d in sections]
-    kappa = overdispersion([d.panel_counts for d in sections], nbrs)
+    # single spots against their grid neighbours, whether or not the targets are smoothed
+    kappa = overdispersion([d.panel_counts for d in sections], [grid_neighbours(d.positions) for d in sections])
     reference = DepthProfile.of_counts(np.concatenate([d.panel_counts for d in sections]), "calibration")
     var = [reading_moments(p, nbr, DepthProfile.of_counts(d.panel_counts), kappa)[1]
            for d, p, nbr in zip(sections, preds, nbrs)]

@@ -113,3 +113,91 @@ def test_slide_stats_never_read_level_0_of_a_large_pyramid():
     assert slide.reads and all(level == 2 for level, _, _ in slide.reads)
     assert max(w * h for _, w, h in slide.reads) <= 2_500 * 2_048
     np.testing.assert_allclose(stats.mean, tissue_stats(slide.tile).mean, atol=1.0)
+
+
+# -- end to end: training writes the reference, evaluate / predict use it -----------------------
+TINY = ["--preset", "tiny", "--encoder", "tiny", "--device", "cpu", "--epochs", "2"]
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_training_writes_the_reference_and_evaluate_normalises_a_real_section(
+        her2st, her2st_dataset, panels_dir, tmp_path, capsys):
+    import anndata
+
+    from napari_dkan.cli import main
+    from napari_dkan.features.stain import section_tissue_stats
+
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join((panels_dir / "her2st.txt").read_text().split()[:12]) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", str(her2st), "--model", "ridge", *TINY, "--panel", str(panel),
+                 "--sections", "C3", "-o", str(run)]) == 0
+    ref = StainReference.load(run)  # trained and selected on C3 (a spatial hold-out of it)
+    assert ref.sections == ("C3",)
+    np.testing.assert_allclose(ref.stats.mean, section_tissue_stats(her2st_dataset["C3"]).mean)
+
+    evaluate = ["evaluate", str(her2st), "--model", str(run), "--sections", "C2", "--device", "cpu", "--json"]
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    off = _json(capsys)
+    assert main([*evaluate, "--stain-normalise"]) == 0
+    on = _json(capsys)
+    assert off["stain_normalised"] is False and on["stain_normalised"] is True
+    record = on["stain_normalisation"]["C2"]
+    np.testing.assert_allclose(record["source"]["mean"], section_tissue_stats(her2st_dataset["C2"]).mean)
+    np.testing.assert_allclose(record["target"]["mean"], ref.stats.mean)
+    assert on["mean"]["MSE"] != off["mean"]["MSE"]  # other features, so other predictions
+
+    out = tmp_path / "c2.h5ad"
+    assert main(["predict", str(her2st), "--sections", "C2", "--model", str(run), "--device", "cpu",
+                 "-o", str(out), "--stain-normalise", "--json"]) == 0
+    assert _json(capsys)["stain_normalised"] is True
+    uns = anndata.read_h5ad(out).uns["napari_dkan"]
+    assert uns["stain_normalised"] and json.loads(uns["stain_normalisation"])["reference_sections"] == ["C3"]
+
+    (run / STAIN_FILE).unlink()  # a run from before stain normalisation
+    assert main([*evaluate, "--stain-normalise"]) == 2
+    assert "has no stain reference" in capsys.readouterr().err
+    assert main(["trust", str(her2st), "--model", str(run), "--only-stain", "--json"]) == 0
+    assert _json(capsys)["stain"]["sections"] == ["C3"] and StainReference.load(run) == ref
+
+
+def test_raw_patches_for_a_patch_cnn_are_normalised_and_cached_apart(c2):
+    from napari_dkan.features import section_patches, with_spots
+    from napari_dkan.features.stain import section_transform
+
+    few = with_spots(c2, np.arange(6))
+    ref = _reference((60.0, 18.0, -18.0), (10.0, 4.0, 5.0))
+    plain = section_patches(few, size=64, num_workers=0)
+    normalised = section_patches(few, size=64, num_workers=0, stain=ref)
+    np.testing.assert_array_equal(normalised, section_transform(c2, ref)(plain))
+    np.testing.assert_array_equal(section_patches(few, size=64, num_workers=0), plain)  # cache: off stays off
+
+
+def test_prediction_cache_key_of_the_dock_follows_the_option(c2, tmp_path):
+    from napari_dkan._widgets.cache import PredictionKey
+
+    class _Model:  # what PredictionKey reads of a TrainedModel
+        run_dir, config, stain = tmp_path, {"files": {"model.safetensors": "abc"}}, None
+
+        class features:  # noqa: N801
+            encoder = "tiny"
+
+    off = PredictionKey.of(_Model, c2)
+    assert off.model == f"{tmp_path.resolve()}|abc"  # unchanged: earlier predictions stay valid
+    _Model.stain = _reference((60.0, 18.0, -18.0), (6.0, 3.0, 4.0))
+    assert PredictionKey.of(_Model, c2).digest() != off.digest()
+
+
+def test_bundled_model_carries_the_stain_reference_of_its_five_sections():
+    from napari_dkan.bundled import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        pytest.skip("no bundled model in this installation")
+    ref = StainReference.load(path)
+    assert sorted(ref.sections) == ["B4", "C2", "C3", "C4", "C5"]
+    assert 60 < ref.stats.mean[0] < 88 and ref.stats.pixels > 1_000_000

@@ -334,6 +334,7 @@ class PredictionDock(QWidget):
         self.models.info.setToolTip(details)
         self._runtime = loaded.runtime
         self._show_in_use(loaded.device)
+        self.models.show_stain_reference(loaded.model.run_dir)
         self._spot_trust = None
         if self.uncertainty is not None:
             self.uncertainty.set_trust(None, None)
@@ -404,6 +405,7 @@ class PredictionDock(QWidget):
             raise DataError("this image has no µm per pixel: enter it under Slide and press Use")
         if self.model is None:
             raise DataError("choose a model first: a run directory or its checkpoint file")
+        self.model.use_stain_normalisation(self.models.stain.isChecked())
         view = visible_box(self.viewer, self.builder.slide_layer)
         box = view if self.scope is Scope.FIELD_OF_VIEW else None
         return jobs.PredictRequest(self.model, self.session.section, box,

@@ -201,3 +201,24 @@ def test_bundled_model_carries_the_stain_reference_of_its_five_sections():
     ref = StainReference.load(path)
     assert sorted(ref.sections) == ["B4", "C2", "C3", "C4", "C5"]
     assert 60 < ref.stats.mean[0] < 88 and ref.stats.pixels > 1_000_000
+
+
+def test_cv_normalises_each_fold_test_section_to_that_fold_reference(her2st, panels_dir, tmp_path, capsys):
+    from napari_dkan.cli import main
+
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join((panels_dir / "her2st.txt").read_text().split()[:12]) + "\n")
+    cv = ["cv", str(her2st), "--model", "ridge", *TINY, "--panel", str(panel), "--sections", "C2", "C3",
+          "-o", str(tmp_path / "cv"), "--json"]
+    assert main(cv) == 0
+    off = _json(capsys)
+    for fold, trained_on in (("C2", ("C3",)), ("C3", ("C2",))):
+        stain = tmp_path / "cv" / f"fold-{fold}" / STAIN_FILE
+        assert StainReference.load(stain.parent).sections == trained_on
+        stain.unlink()  # as in a cv folder kept from before stain normalisation
+    assert main([*cv, "--stain-normalise"]) == 0  # the folds resume; their references are written
+    on = _json(capsys)
+    assert off["stain_normalised"] is False and on["stain_normalised"] is True
+    assert all((tmp_path / "cv" / f"fold-{f}" / STAIN_FILE).is_file() for f in ("C2", "C3"))
+    for a, b in zip(off["folds"], on["folds"]):
+        assert a["fold"] == b["fold"] and a["MSE"] != b["MSE"]

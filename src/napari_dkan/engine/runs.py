@@ -187,6 +187,8 @@ def train_model(
     if folder.action == "refuse":
         raise ckpt.CheckpointError(folder.message)
     if folder.action == "finished" and folder.complete:
+        if distributed.current().is_main and not (run_dir / "stain.json").is_file():
+            write_stain_reference(run_dir, [*train_names, *val_names], sections)  # a run from before it
         return TrainedModel.load(run_dir)
     if distributed.current().is_main:  # under torchrun, rank 0 alone writes the run's files
         check_writable(run_dir)  # creates it; a read-only or full disk is one clear line

@@ -111,7 +111,7 @@ def test_slide_stats_never_read_level_0_of_a_large_pyramid():
     slide = _BigPyramid()
     stats = slide_tissue_stats(slide)  # type: ignore[arg-type]
     assert slide.reads and all(level == 2 for level, _, _ in slide.reads)
-    assert max(w * h for _, w, h in slide.reads) <= 2_500 * 2_048
+    assert max(w * h for _, w, h in slide.reads) * 3 <= 1 << 26  # ≤ 64 MB a read
     np.testing.assert_allclose(stats.mean, tissue_stats(slide.tile).mean, atol=1.0)
 
 

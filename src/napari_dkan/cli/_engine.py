@@ -468,6 +468,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                      f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")
     if "interval_level" not in uns:
         notes.append("this model carries no calibration: no intervals written")
+    if uns.get("stain_normalised"):
+        notes.append("the slide's staining was matched to the model's training slides (Reinhard)")
     if uns.get("seen_by_model"):
         notes.append(f"{section.name} was a {uns['seen_by_model']} section of this model: scores on it are optimistic")
     emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}"

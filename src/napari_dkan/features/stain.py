@@ -41,6 +41,7 @@ STAIN_FILE = "stain.json"
 SAMPLE_SIDE = 2560
 TISSUE_MAX_L, TISSUE_MIN_CHROMA = 88.0, 6.0
 _BAND = 512  # rows converted to LAB at a time: bounds the memory of a large sample
+_READ_BYTES = 1 << 26  # at most 64 MB of pixels read at a time from a slide
 
 
 class StainError(DataError):
@@ -111,7 +112,7 @@ def slide_tissue_stats(slide: Slide, sample_side: int = SAMPLE_SIDE) -> TissueSt
     lv = slide.levels[level]
     stride = max(1, round(step / lv.downsample))
     acc = _Moments()
-    band = stride * max(1, 2048 // stride)  # rows read at a time, a multiple of the stride
+    band = stride * max(1, _READ_BYTES // (3 * lv.width * stride))  # rows a read, a multiple of the stride
     for y0 in range(0, lv.height, band):
         rows = min(band, lv.height - y0)
         acc.add_rgb(slide.read_region(level, 0, y0, lv.width, rows)[::stride, ::stride])
@@ -205,8 +206,7 @@ class ReinhardTransform:
         """uint8 RGB (… × 3) in, uint8 RGB of the same shape out."""
         from skimage.color import lab2rgb, rgb2lab
 
-        # a colour mapped just outside sRGB is clipped, as intended: not worth a warning per tile
-        warnings.filterwarnings("ignore", "Conversion from CIE-LAB", UserWarning)
+        _quiet_gamut_warnings()
         src_m, src_s = np.asarray(self.source.mean), np.asarray(self.source.std)
         tgt_m, tgt_s = np.asarray(self.target.stats.mean), np.asarray(self.target.stats.std)
         lab = (rgb2lab(rgb) - src_m) * (tgt_s / src_s) + tgt_m
@@ -217,6 +217,18 @@ class ReinhardTransform:
         """What a prediction records of the normalisation it used."""
         return {"method": "reinhard-lab", "source": self.source.to_dict(),
                 "target": self.target.stats.to_dict(), "reference_sections": list(self.target.sections)}
+
+
+_QUIET: list[bool] = []
+
+
+def _quiet_gamut_warnings() -> None:
+    """A colour mapped just outside sRGB is clipped, as intended: not worth a warning per tile
+    (the filter is installed once, not from every reading thread)."""
+    with _SLIDE_LOCK:
+        if not _QUIET:
+            warnings.filterwarnings("ignore", "Conversion from CIE-LAB", UserWarning)
+            _QUIET.append(True)
 
 
 def section_transform(section: Section, reference: StainReference) -> ReinhardTransform:

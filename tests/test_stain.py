@@ -222,3 +222,13 @@ def test_cv_normalises_each_fold_test_section_to_that_fold_reference(her2st, pan
     assert all((tmp_path / "cv" / f"fold-{f}" / STAIN_FILE).is_file() for f in ("C2", "C3"))
     for a, b in zip(off["folds"], on["folds"]):
         assert a["fold"] == b["fold"] and a["MSE"] != b["MSE"]
+
+
+def test_slide_stats_of_a_real_scanner_file(wsi_dir):
+    from napari_dkan.io.slides import open_slide
+
+    with open_slide(wsi_dir / "CMU-1-Small-Region.svs") as slide:
+        stats = slide_tissue_stats(slide)
+        whole = tissue_stats(slide.read_region(0, 0, 0, *slide.dimensions))
+    assert stats.pixels > 10_000
+    np.testing.assert_allclose(stats.mean, whole.mean, atol=1.0)  # a sample, the same staining

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3000.0)
     ap.add_argument("--cache", type=Path, help="feature cache folder (default: a fresh temporary one)")
     ap.add_argument("--engine", action="store_true", help="no napari: the engine's stages only")
+    ap.add_argument("--screenshot", type=Path, help="save the window when the first coarse map is "
+                    "coloured (PATH with -coarse) and at the end (PATH)")
     ap.add_argument("--max-spots", type=int, help="with --engine: a central square of N spots")
     args = ap.parse_args()
     if args.engine:
@@ -163,7 +165,17 @@ def main() -> None:
     n_view = len(spots_in_box(spots, view))
 
     ticks: list[float] = []
+    shots: list[Path] = []
     events: list[tuple[float, str, int]] = []
+
+    shot_times: list[tuple[float, float]] = []  # a screenshot's own stall is not the dock's
+
+    def save_window(path: Path) -> None:
+        from imageio.v3 import imwrite
+
+        t = time.perf_counter()
+        imwrite(path, viewer.screenshot(canvas_only=False))
+        shot_times.append((t, time.perf_counter()))
     first: dict[int, np.ndarray] = {}
     first_stage: dict[int, str] = {}
 
@@ -175,6 +187,9 @@ def main() -> None:
     def on_step(step) -> None:
         if isinstance(step, jobs.PartialPrediction):
             events.append((time.perf_counter(), step.stage, step.done))
+            if args.screenshot is not None and "coarse" in step.stage and not shots:
+                shots.append(args.screenshot.with_stem(args.screenshot.stem + "-coarse"))
+                QTimer.singleShot(500, lambda: save_window(shots[-1]))  # after its drawing
             e = step.expression
             stage = step.stage.removeprefix("coloured (").rstrip(")")
             for i, row in zip(e.spot_index.tolist(), e.values):
@@ -207,9 +222,12 @@ def main() -> None:
     QTimer.singleShot(300, loop.quit)  # the last colours drawn
     loop.exec()
     timer.stop()
-    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
+    pairs = [(a, b) for a, b in itertools.pairwise(ticks)
+             if not any(a <= s0 and s1 <= b for s0, s1 in shot_times)]
+    gap_starts = [a for a, _ in pairs]
+    gaps = [(b - a) * 1000 for a, b in pairs]
     worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else None
-    stall_at = ticks[worst] - t0 if worst is not None else None
+    stall_at = gap_starts[worst] - t0 if worst is not None else None
     before = [s for t, s, _ in events if t - t0 <= (stall_at or 0)]
     final = session.predicted.full(len(spots)) if session.predicted is not None else None
 
@@ -229,12 +247,19 @@ def main() -> None:
         "longest_stall_after_stage": before[-1] if before else None,
         "colouring_ms_per_stage": handler_ms,
         "gaps_over_200ms": sum(g > 200 + args.interval_ms for g in gaps),
+        # the longest gaps: when they began (s), how long (ms), and the stage coloured last
+        "longest_gaps": [
+            (round(gap_starts[i] - t0, 2), round(gaps[i], 1),
+             ([st for t, st, _ in events if t - t0 <= gap_starts[i] - t0 + gaps[i] / 1000] or [None])[-1])
+            for i in sorted(range(len(gaps)), key=gaps.__getitem__)[::-1][:12]],
         "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1) if gaps else None,
         "status": dock.status.text(),
         "loadavg": os.getloadavg(),
     }
     if final is not None and first:
         result["preview_vs_final"] = compare(first, first_stage, final)
+    if args.screenshot is not None:
+        save_window(args.screenshot)
     viewer.close()
     print(json.dumps(result, indent=1))
 

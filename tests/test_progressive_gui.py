@@ -131,3 +131,29 @@ def test_each_stage_updates_the_map_in_place_with_one_redraw(qtbot, viewer, dock
         ring = RING_WIDTH if not known.all() else 0.0
         np.testing.assert_allclose(layer.border_width, ring)
     np.testing.assert_array_equal(session.predicted.full(n), truth + np.float32(0.01))
+
+
+def test_progress_reports_are_shown_twice_a_second_at_most_the_latest_always(qtbot, dock,
+                                                                             monkeypatch):
+    """Qt repaints a progress bar at once, composing the whole window around the OpenGL canvas
+    (~30 ms each on this CPU; a 100-s prediction sent ~700 reports): the runner shows at most
+    one report per PROGRESS_INTERVAL_S, the latest within that time, and none after the end."""
+    from napari_dkan._widgets import runner as runner_module
+    from napari_dkan._widgets.jobs import Progress
+
+    runner = dock.runner
+    monkeypatch.setattr(runner, "worker", object())  # a job running
+    monkeypatch.setattr(runner, "_settled", False)
+    monkeypatch.setattr(runner, "_shown_at", 0.0)
+    shown: list[int] = []
+    show = runner._show_progress  # noqa: SLF001
+    monkeypatch.setattr(runner, "_show_progress", lambda step: (shown.append(step.done), show(step)))
+    for done in range(1, 51):
+        runner._on_progress(Progress("features", done, 50, "tiles"))  # noqa: SLF001
+    assert shown == [1]  # the first at once, the rest waiting
+    qtbot.waitUntil(lambda: shown[-1] == 50, timeout=int(3000 * runner_module.PROGRESS_INTERVAL_S))
+    assert shown == [1, 50] and runner.progress.value() == 50
+    runner._on_progress(Progress("predicting", 1, 2, "spots"))  # noqa: SLF001
+    runner._settle(lambda _result: runner.status.setText("predicted"), None)  # noqa: SLF001
+    qtbot.wait(int(1500 * runner_module.PROGRESS_INTERVAL_S))
+    assert shown == [1, 50] and runner.status.text() == "predicted"

@@ -136,7 +136,9 @@ class LayerBuilder:
         genes = tuple(self.session.genes)
         table = self._tables.get(role)
         if layer is not None and table is not None and table[0] == genes:
-            self._update_rows(layer, genes, table[1], values)
+            if not self._update_rows(layer, genes, table[1], values):
+                layer.metadata[META_KEY] = self._metadata(role)
+                return  # e.g. the job's result after its last stage: the same values
         else:
             features = spot_features(self.session.section.spots.spot_id, genes, values)
             # the colour column must exist when the table is set: napari keeps a row of defaults
@@ -154,17 +156,18 @@ class LayerBuilder:
 
     @staticmethod
     def _update_rows(layer: SpotsLayer, genes: tuple[str, ...], table: np.ndarray,
-                     values: np.ndarray) -> None:
+                     values: np.ndarray) -> int:
         """Write the spots whose values changed into ``table`` and the layer's feature table, in
-        place: a progressive prediction's stage changes a few thousand of 11,000 spots, and a
-        new feature table costs napari a rebuild of every point's colours and text."""
+        place (returns how many): a progressive prediction's stage changes a few thousand of
+        11,000 spots, and a new feature table costs napari a rebuild of every point's colours
+        and text."""
         same = (table == values) | (np.isnan(table) & np.isnan(values))
         rows = np.flatnonzero(~same.all(axis=1))
-        if rows.size == 0:
-            return
-        table[rows] = values[rows]
-        features = layer.features
-        features.iloc[rows, features.columns.get_indexer(list(genes))] = values[rows]
+        if rows.size:
+            table[rows] = values[rows]
+            features = layer.features
+            features.iloc[rows, features.columns.get_indexer(list(genes))] = values[rows]
+        return int(rows.size)
 
     def _halfwidth(self) -> Any:
         """The shown gene's interval half-width per spot, when the dock has put it on the

@@ -224,6 +224,7 @@ def main() -> None:
     dock.runner._show_progress = timed_progress  # noqa: SLF001
     # where the GUI thread is while a tick is late (a sampling thread; it needs the GIL too)
     sampled: collections.Counter = collections.Counter()
+    sampled_at: list[tuple[float, str]] = []
     gui_thread, sampling = threading.get_ident(), threading.Event()
 
     def sample() -> None:
@@ -232,7 +233,9 @@ def main() -> None:
                 frame = sys._current_frames().get(gui_thread)  # noqa: SLF001
                 if frame is not None:
                     stack = traceback.extract_stack(frame)[::-1][:args.sample_depth]
-                    sampled[" < ".join(f"{Path(f.filename).name}:{f.name}" for f in stack)] += 1
+                    key = " < ".join(f"{Path(f.filename).name}:{f.name}" for f in stack)
+                    sampled[key] += 1
+                    sampled_at.append((time.perf_counter(), key))
 
     if args.sample_depth:
         threading.Thread(target=sample, daemon=True).start()
@@ -297,6 +300,10 @@ def main() -> None:
                 first[i], first_stage[i] = row.copy(), stage
     if sampled:
         result["stalled_gui_thread_stacks"] = sampled.most_common(12)
+        if worst is not None:  # and those of the longest stall
+            start, end = gap_starts[worst], gap_starts[worst] + gaps[worst] / 1000
+            result["longest_stall_stacks"] = collections.Counter(
+                key for t, key in sampled_at if start <= t <= end).most_common(6)
     if final is not None and first:
         result["preview_vs_final"] = compare(first, first_stage, final)
     if args.screenshot is not None:

@@ -210,7 +210,8 @@ class LayerBuilder:
         else:
             self.viewer.add_layer(layer)
         hide_colour_controls(self.viewer, layer)
-        self._build_overlays(layer)
+        if role == PREDICTED:  # made before its values (see _values); the others show theirs at once
+            self._build_overlays(layer)
         # the colorbar follows what is shown (the eye icon too): hidden layers show no scale
         layer.events.visible.connect(lambda _event: self._update_colorbars())
         self._layers[role] = layer

@@ -412,13 +412,26 @@ class PredictionDock(QWidget):
                                    self.models.device.currentText(), view=view)
 
     def _partial(self, step: Any) -> None:
-        """Colour the spots a progressive prediction has finished so far."""
-        s = self.session
-        if not isinstance(step, jobs.PartialPrediction) or step.expression is None or s is None:
+        """Colour the spots a progressive prediction has finished so far; the job waits until
+        they are drawn (see :class:`~napari_dkan._widgets.jobs.PartialPrediction`)."""
+        if not isinstance(step, jobs.PartialPrediction):
             return
-        if self.runner.cancel_event.is_set() or step.model is not s.model or step.section is not s.section:
-            return  # cancelled, or the slide or the model changed while it ran
-        s.set_prediction(step.expression)
+        try:
+            s = self.session
+            if step.expression is None or s is None or self.runner.cancel_event.is_set() \
+                    or step.model is not s.model or step.section is not s.section:
+                return  # cancelled, or the slide or the model changed while it ran
+            s.set_prediction(step.expression)
+        finally:
+            if step.drawn is not None:  # one thing per turn of the event loop, then the job
+                drawn = step.drawn  # the canvas's repaint (a posted event) comes first
+
+                def show_progress() -> None:
+                    if self.runner._alive():  # noqa: SLF001 - the dock may be closing
+                        self.runner.show_pending()
+                    QTimer.singleShot(0, drawn.set)
+
+                QTimer.singleShot(0, show_progress)
 
     def _predicted(self, result: jobs.PredictResult) -> None:
         s = self.session

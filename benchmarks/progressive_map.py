@@ -19,12 +19,15 @@ Without ``--model`` the tests' tiny DKAN (random ``tiny`` encoder) is trained fi
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +108,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3000.0)
     ap.add_argument("--cache", type=Path, help="feature cache folder (default: a fresh temporary one)")
     ap.add_argument("--engine", action="store_true", help="no napari: the engine's stages only")
+    ap.add_argument("--screenshot", type=Path, help="save the window when the first coarse map is "
+                    "coloured (PATH with -coarse) and at the end (PATH)")
+    ap.add_argument("--sample-depth", type=int, default=0,
+                    help="sample the GUI thread's stack (this many frames) while a tick is late")
+    ap.add_argument("--switch-interval-ms", type=float,
+                    help="sys.setswitchinterval for the run (Python's default is 5 ms)")
     ap.add_argument("--max-spots", type=int, help="with --engine: a central square of N spots")
     args = ap.parse_args()
     if args.engine:
@@ -163,7 +172,17 @@ def main() -> None:
     n_view = len(spots_in_box(spots, view))
 
     ticks: list[float] = []
+    shots: list[Path] = []
     events: list[tuple[float, str, int]] = []
+
+    shot_times: list[tuple[float, float]] = []  # a screenshot's own stall is not the dock's
+
+    def save_window(path: Path) -> None:
+        from imageio.v3 import imwrite
+
+        t = time.perf_counter()
+        imwrite(path, viewer.screenshot(canvas_only=False))
+        shot_times.append((t, time.perf_counter()))
     first: dict[int, np.ndarray] = {}
     first_stage: dict[int, str] = {}
 
@@ -172,14 +191,15 @@ def main() -> None:
         if not dock.busy:
             loop.quit()
 
+    parts: list[tuple[str, object]] = []  # each stage's values, compared with the final ones at the end
+
     def on_step(step) -> None:
         if isinstance(step, jobs.PartialPrediction):
             events.append((time.perf_counter(), step.stage, step.done))
-            e = step.expression
-            stage = step.stage.removeprefix("coloured (").rstrip(")")
-            for i, row in zip(e.spot_index.tolist(), e.values):
-                if i not in first:
-                    first[i], first_stage[i] = row.copy(), stage
+            parts.append((step.stage.removeprefix("coloured (").rstrip(")"), step.expression))
+            if args.screenshot is not None and "coarse" in step.stage and not shots:
+                shots.append(args.screenshot.with_stem(args.screenshot.stem + "-coarse"))
+                QTimer.singleShot(500, lambda: save_window(shots[-1]))  # after its drawing
 
     # time the dock's colouring of each stage on the GUI thread (the work a stage costs napari)
     handler_ms: list[tuple[str, float]] = []
@@ -192,9 +212,38 @@ def main() -> None:
             handler_ms.append((step.stage, round((time.perf_counter() - t) * 1000, 1)))
 
     dock._partial = timed_partial  # noqa: SLF001 - connected at predict(), after this
+    # and the progress bar's updates (the reports of the encoder and the model it shows)
+    progress_ms: list[float] = []
+    show_progress = dock.runner._show_progress  # noqa: SLF001
+
+    def timed_progress(step) -> None:
+        t = time.perf_counter()
+        show_progress(step)
+        progress_ms.append((time.perf_counter() - t) * 1000)
+
+    dock.runner._show_progress = timed_progress  # noqa: SLF001
+    # where the GUI thread is while a tick is late (a sampling thread; it needs the GIL too)
+    sampled: collections.Counter = collections.Counter()
+    sampled_at: list[tuple[float, str]] = []
+    gui_thread, sampling = threading.get_ident(), threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            if ticks and time.perf_counter() - ticks[-1] > 0.1:
+                frame = sys._current_frames().get(gui_thread)  # noqa: SLF001
+                if frame is not None:
+                    stack = traceback.extract_stack(frame)[::-1][:args.sample_depth]
+                    key = " < ".join(f"{Path(f.filename).name}:{f.name}" for f in stack)
+                    sampled[key] += 1
+                    sampled_at.append((time.perf_counter(), key))
+
+    if args.sample_depth:
+        threading.Thread(target=sample, daemon=True).start()
     timer = QTimer()
     timer.setInterval(args.interval_ms)
     timer.timeout.connect(tick)
+    if args.switch_interval_ms:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     t0 = time.perf_counter()
     timer.start()
     worker = dock.predict()
@@ -207,9 +256,13 @@ def main() -> None:
     QTimer.singleShot(300, loop.quit)  # the last colours drawn
     loop.exec()
     timer.stop()
-    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
+    sampling.set()
+    pairs = [(a, b) for a, b in itertools.pairwise(ticks)
+             if not any(a <= s0 and s1 <= b for s0, s1 in shot_times)]
+    gap_starts = [a for a, _ in pairs]
+    gaps = [(b - a) * 1000 for a, b in pairs]
     worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else None
-    stall_at = ticks[worst] - t0 if worst is not None else None
+    stall_at = gap_starts[worst] - t0 if worst is not None else None
     before = [s for t, s, _ in events if t - t0 <= (stall_at or 0)]
     final = session.predicted.full(len(spots)) if session.predicted is not None else None
 
@@ -229,12 +282,32 @@ def main() -> None:
         "longest_stall_after_stage": before[-1] if before else None,
         "colouring_ms_per_stage": handler_ms,
         "gaps_over_200ms": sum(g > 200 + args.interval_ms for g in gaps),
+        "progress_updates": {"count": len(progress_ms), "total_ms": round(sum(progress_ms)),
+                             "max_ms": round(max(progress_ms, default=0), 1),
+                             "over_50ms": sum(m > 50 for m in progress_ms)},
+        # the longest gaps: when they began (s), how long (ms), and the stage coloured last
+        "longest_gaps": [
+            (round(gap_starts[i] - t0, 2), round(gaps[i], 1),
+             ([st for t, st, _ in events if t - t0 <= gap_starts[i] - t0 + gaps[i] / 1000] or [None])[-1])
+            for i in sorted(range(len(gaps)), key=gaps.__getitem__)[::-1][:12]],
         "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1) if gaps else None,
         "status": dock.status.text(),
         "loadavg": os.getloadavg(),
     }
+    for stage, e in parts:  # not while it runs: the GUI thread's time is what is measured
+        for i, row in zip(e.spot_index.tolist(), e.values):
+            if i not in first:
+                first[i], first_stage[i] = row.copy(), stage
+    if sampled:
+        result["stalled_gui_thread_stacks"] = sampled.most_common(12)
+        if worst is not None:  # and those of the longest stall
+            start, end = gap_starts[worst], gap_starts[worst] + gaps[worst] / 1000
+            result["longest_stall_stacks"] = collections.Counter(
+                key for t, key in sampled_at if start <= t <= end).most_common(6)
     if final is not None and first:
         result["preview_vs_final"] = compare(first, first_stage, final)
+    if args.screenshot is not None:
+        save_window(args.screenshot)
     viewer.close()
     print(json.dumps(result, indent=1))
 

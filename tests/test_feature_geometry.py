@@ -79,3 +79,20 @@ def test_a_shared_cell_holding_a_spot_is_kept_even_if_its_centre_is_off_the_imag
     assert lay.slots[1, CENTRE_SLOT + 1] == lay.slots[0, CENTRE_SLOT]
     # cells 9 and beyond hold no spot and lie past the border
     assert lay.mask[0, CENTRE_SLOT + 1] and lay.mask[1, CENTRE_SLOT + 2]
+
+
+def test_shared_cells_are_numbered_in_row_then_column_order():
+    """The shared tiles are numbered as np.unique over (row, col) pairs numbers them (the feature
+    cache and the staged extraction rely on that order); computed from one int64 key per cell."""
+    rng = np.random.default_rng(3)
+    step, width, height = 50.0, 4000, 3000
+    x, y = rng.uniform(-300, width + 300, 2000), rng.uniform(-300, height + 300, 2000)
+    layout = shared_layout(x, y, step, width, height)
+    n = len(x)
+    rows = np.floor(y / step).astype(np.int64)[:, None] + OFFSETS[None, :, 0]
+    cols = np.floor(x / step).astype(np.int64)[:, None] + OFFSETS[None, :, 1]
+    used = layout.slots != MASKED
+    cells = np.column_stack([rows[used], cols[used]])
+    unique, inverse = np.unique(cells, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(layout.slots[used], n + inverse.reshape(-1))
+    np.testing.assert_array_equal(layout.tile_centres, (unique[:, ::-1] + 0.5) * step)

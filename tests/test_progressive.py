@@ -111,3 +111,53 @@ def test_slide_context_is_computed_once_per_prediction_with_the_same_values(c2, 
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
     rows = np.array([5, 100, 3])
     np.testing.assert_allclose(predict_store(family, net, store, text, rows=rows), fast[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_a_progressive_job_waits_for_each_stage_to_be_drawn(monkeypatch):
+    """After reporting a stage the job waits until the dock has coloured and drawn it (the GUI
+    thread then has the CPU and Python's GIL to itself), at most DRAW_WAIT_S, and not at all
+    when driven by run_to_end."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from napari_dkan._widgets import jobs
+    from napari_dkan.engine import progressive
+
+    rng = np.random.default_rng(0)
+    xy = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0)), -1).reshape(-1, 2) * 100
+    spots = type("Spots", (), {"xy": xy, "__len__": lambda self: len(xy)})()
+    section = SimpleNamespace(spots=spots)
+    model = SimpleNamespace(panel=["A", "B"], smoothing=False)
+
+    def stages(model, section, plan, **_):
+        for stage in plan:
+            yield progressive.StagePrediction(stage.name, stage.index,
+                                              rng.normal(size=(len(stage.index), 2)), 0, False)
+
+    monkeypatch.setattr(progressive, "predict_in_stages", stages)
+    request = jobs.PredictRequest(model, section)
+    reports: list = []
+    job = threading.Thread(target=jobs._progressively, args=(request, reports.append, threading.Event()))
+    job.start()
+    deadline = time.monotonic() + 5
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert len(reports) == 1 and not reports[0].drawn.is_set()  # waiting for the dock
+    reports[0].drawn.set()
+    while len(reports) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(reports) == 2  # the next stage came once the first was drawn
+    monkeypatch.setattr(jobs, "DRAW_WAIT_S", 0.05)  # nobody draws: the job goes on anyway
+    job.join(5)
+    assert not job.is_alive() and len(reports) == len(progressive.plan_stages(xy))
+    # a script's run_to_end sets each stage drawn as it hands it on
+    items: list = []
+    t = time.monotonic()
+    monkeypatch.setattr(jobs, "DRAW_WAIT_S", 30.0)
+    values = jobs.run_to_end(jobs.stepwise(
+        lambda report: jobs._progressively(request, report, threading.Event()), threading.Event()),
+        items.append)
+    assert time.monotonic() - t < 10 and values.shape == (len(xy), 2)
+    assert all(item.drawn.is_set() for item in items)

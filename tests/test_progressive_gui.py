@@ -74,3 +74,86 @@ def test_all_spots_on_a_large_slide_colours_the_view_first_then_the_rest(
     one_shot = model.predict(model.section_data(session.section, with_targets=False, device="cpu"),
                              device="cpu")
     np.testing.assert_allclose(session.predicted.full(n), one_shot, rtol=1e-4, atol=1e-5)
+
+
+def test_each_stage_updates_the_map_in_place_with_one_redraw(qtbot, viewer, dock, tiny_run_dir,
+                                                             monkeypatch):
+    """A stage changes some spots of a layer that spans the slide: the layer's feature table is
+    written in place (not replaced: napari would rebuild every point's colours and text) and the
+    points go to vispy once per stage.  napari re-sends every point on each colour, border and
+    visibility change; rebuilding the table and recolouring sent them ~15 times per stage, 1–5 s
+    of GUI time per stage on an 11,443-spot slide (see benchmarks/stage_colouring.py)."""
+    from pathlib import Path
+
+    from napari_dkan._widgets import jobs
+    from napari_dkan._widgets.expression import Expression
+    from napari_dkan._widgets.layers import RING_WIDTH
+    from napari_dkan.engine.progressive import plan_stages
+
+    if dock.model is None or Path(dock.model.run_dir) != Path(tiny_run_dir):
+        dock.choose_model(str(tiny_run_dir))
+        qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    session, model = dock.session, dock.model
+    spots = session.section.spots
+    n, genes = len(spots), tuple(model.panel)
+    layer = viewer.layers["C2 · predicted"]
+    markers = viewer.window._qt_viewer.canvas.layer_to_visual[layer].node.points_markers  # noqa: SLF001
+    sends: list[int] = []
+    send = markers.set_data
+    monkeypatch.setattr(markers, "set_data", lambda *a, **k: (sends.append(1), send(*a, **k))[1])
+    table = layer.features
+    rebuilt: list[object] = []
+    layer.events.features.connect(rebuilt.append)
+
+    rng = np.random.default_rng(1)
+    truth = rng.normal(1.0, 0.3, (n, len(genes))).astype(np.float32)
+    stages = [(s.name, s.index, truth[s.index]) for s in plan_stages(spots.xy, np.arange(20), chunk=40)]
+    stages.append(("refined", np.arange(n), truth + np.float32(0.01)))  # every row changes
+    values = np.full((n, len(genes)), np.nan, np.float32)
+    known = np.zeros(n, bool)
+    g = genes.index(session.gene)
+    for name, index, stage_values in stages:
+        values[index], known[index] = stage_values, True
+        rows = np.flatnonzero(known)
+        step = jobs.PartialPrediction(f"coloured ({name})", len(rows), n, "spots",
+                                      Expression(genes, values[rows], rows), model, session.section)
+        sends.clear()
+        dock._partial(step)  # noqa: SLF001 - what the worker's yielded signal calls
+        assert len(sends) == 1, (name, len(sends))
+        assert layer.features is table and not rebuilt, name
+        np.testing.assert_array_equal(layer.shown, known)
+        np.testing.assert_array_equal(layer.features[list(genes)].to_numpy()[known], values[known])
+        assert np.isnan(layer.features[list(genes)].to_numpy()[~known]).all()
+        lo, hi = session.contrast_limits()
+        expected = layer.face_colormap.map(np.interp(values[known, g], (lo, hi), (0, 1)))
+        np.testing.assert_allclose(layer.face_color[known], expected, atol=1e-6)
+        assert layer.face_contrast_limits == pytest.approx((lo, hi))
+        ring = RING_WIDTH if not known.all() else 0.0
+        np.testing.assert_allclose(layer.border_width, ring)
+    np.testing.assert_array_equal(session.predicted.full(n), truth + np.float32(0.01))
+
+
+def test_progress_reports_are_shown_twice_a_second_at_most_the_latest_always(qtbot, dock,
+                                                                             monkeypatch):
+    """Qt repaints a progress bar at once, composing the whole window around the OpenGL canvas
+    (~30 ms each on this CPU; a 100-s prediction sent ~700 reports): the runner shows at most
+    one report per PROGRESS_INTERVAL_S, the latest within that time, and none after the end."""
+    from napari_dkan._widgets import runner as runner_module
+    from napari_dkan._widgets.jobs import Progress
+
+    runner = dock.runner
+    monkeypatch.setattr(runner, "worker", object())  # a job running
+    monkeypatch.setattr(runner, "_settled", False)
+    monkeypatch.setattr(runner, "_shown_at", 0.0)
+    shown: list[int] = []
+    show = runner._show_progress  # noqa: SLF001
+    monkeypatch.setattr(runner, "_show_progress", lambda step: (shown.append(step.done), show(step)))
+    for done in range(1, 51):
+        runner._on_progress(Progress("features", done, 50, "tiles"))  # noqa: SLF001
+    assert shown == [1]  # the first at once, the rest waiting
+    qtbot.waitUntil(lambda: shown[-1] == 50, timeout=int(3000 * runner_module.PROGRESS_INTERVAL_S))
+    assert shown == [1, 50] and runner.progress.value() == 50
+    runner._on_progress(Progress("predicting", 1, 2, "spots"))  # noqa: SLF001
+    runner._settle(lambda _result: runner.status.setText("predicted"), None)  # noqa: SLF001
+    qtbot.wait(int(1500 * runner_module.PROGRESS_INTERVAL_S))
+    assert shown == [1, 50] and runner.status.text() == "predicted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -140,3 +141,41 @@ def test_bench_features_reports_its_runtime(her2st, tmp_path, monkeypatch, capsy
               "--runtime", "tensorrt"])
     assert stop.value.code == 2
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+
+
+def test_openvino_normalises_inside_the_network_and_splits_batches_over_requests(tmp_path, monkeypatch):
+    path = _convnext_file(tmp_path, seed=7)
+    ref = load_encoder(f"timm:test_convnext@{path}", runtime="torch")
+    enc = load_encoder(f"timm:test_convnext@{path}", runtime="openvino")
+    session = enc._session  # noqa: SLF001
+    assert session.takes_raw
+    calls = {"raw": 0, "float": 0}
+    raw, run = session.raw, session._run  # noqa: SLF001
+
+    def spy_raw(tiles):
+        calls["raw"] += 1
+        assert tiles.dtype == np.uint8 and tiles.shape[-1] == 3  # NHWC bytes, no float copy
+        return raw(tiles)
+
+    def spy_run(x, raw):
+        calls["float"] += not raw
+        return run(x, raw)
+
+    monkeypatch.setattr(session, "raw", spy_raw)
+    monkeypatch.setattr(session, "_run", spy_run)
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 255, (7, 224, 224, 3), dtype=np.uint8))
+    p1, t1 = enc.encode(x, tokens=True)
+    assert calls == {"raw": 1, "float": 0}
+    p0, t0 = ref.encode(x, tokens=True)
+    torch.testing.assert_close(p1, p0, atol=1e-3, rtol=1e-3)
+    assert _cosine(t1, t0) > 0.9999
+    # a batch split over the parallel requests gives each tile what it gets alone
+    alone = torch.cat([enc.encode(x[i : i + 1])[0] for i in range(len(x))])
+    torch.testing.assert_close(p1, alone, atol=1e-5, rtol=1e-5)
+    # a network that takes any size takes other tiles raw too; one that needs resizing does not
+    y = torch.from_numpy(np.random.default_rng(3).integers(0, 255, (2, 160, 160, 3), dtype=np.uint8))
+    assert _cosine(enc.encode(y)[0], ref.encode(y)[0]) > 0.9999
+    assert calls["float"] == 0
+    enc.spec = dataclasses.replace(enc.spec, fixed_input_size=True, input_size=192)
+    enc.encode(y)
+    assert calls["float"] == 1

@@ -48,8 +48,9 @@ class PredictionKey:
         from napari_dkan.features.registry import resolve_encoder
 
         weights = model.config.get("files", {}).get("model.safetensors", "")
+        stain = f"|{model.stain.identity}" if model.stain is not None else ""  # off: keys as before
         return cls(
-            model=f"{Path(model.run_dir).resolve()}|{weights}",
+            model=f"{Path(model.run_dir).resolve()}|{weights}{stain}",
             slide=slide_identity(section.require_image()),
             section=f"{section.dataset}/{section.name}",
             spots=spots_digest(section.spots),

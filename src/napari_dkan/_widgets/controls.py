@@ -7,6 +7,7 @@ dock wires them (see :mod:`napari_dkan._widgets.dock`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from qtpy.QtCore import QStringListModel, Qt, Signal
 from qtpy.QtWidgets import (
@@ -191,6 +192,8 @@ class ModelChooser(QWidget):
         self.device.addItems(["auto", "cpu"])
         self.in_use = QLabel("")
         self.in_use.setWordWrap(True)
+        self.stain = QCheckBox("Match the slide's staining to the model's training slides (Reinhard)")
+        self.show_stain_reference(None)
         row = QHBoxLayout()
         row.addWidget(self.model, 1)
         row.addWidget(self.browse)
@@ -201,6 +204,7 @@ class ModelChooser(QWidget):
         form = QFormLayout()
         form.addRow("device", self.device)
         layout.addLayout(form)
+        layout.addWidget(self.stain)
         layout.addWidget(self.in_use)
         self.browse.clicked.connect(self._browse)
         self.model.activated.connect(lambda i: self._choose(self.model.itemData(i) or self.model.itemText(i)))
@@ -214,6 +218,24 @@ class ModelChooser(QWidget):
             index = self.model.count() - 1
         if select:
             self.model.setCurrentIndex(index)
+
+    def show_stain_reference(self, run_dir: str | Path | None) -> None:
+        """Offer stain normalisation when the model's run folder holds its stain reference."""
+        from napari_dkan.features.stain import STAIN_FILE
+
+        has = run_dir is not None and (Path(run_dir) / STAIN_FILE).is_file()
+        self.stain.setEnabled(has)
+        if not has:
+            self.stain.setChecked(False)
+        self.stain.setToolTip(
+            "For a slide from another lab, scanner or patient: its tissue colours (mean and spread in "
+            "LAB) are moved to those of the slides the model was trained on before the image encoder "
+            "reads them. It helped a model trained on one patient predict another's slide; on slides "
+            "like the training ones it can cost a little. Off by default."
+            if has else
+            ("choose a model first" if run_dir is None else
+             f"this model has no stain reference ({STAIN_FILE}): it was trained before stain "
+             "normalisation existed. Write one with `napari-dkan trust DATASET --model RUN --only-stain`"))
 
     def set_devices(self, names: Sequence[str]) -> None:
         current = self.device.currentText()

@@ -334,6 +334,7 @@ class PredictionDock(QWidget):
         self.models.info.setToolTip(details)
         self._runtime = loaded.runtime
         self._show_in_use(loaded.device)
+        self.models.show_stain_reference(loaded.model.run_dir)
         self._spot_trust = None
         if self.uncertainty is not None:
             self.uncertainty.set_trust(None, None)
@@ -404,19 +405,33 @@ class PredictionDock(QWidget):
             raise DataError("this image has no µm per pixel: enter it under Slide and press Use")
         if self.model is None:
             raise DataError("choose a model first: a run directory or its checkpoint file")
+        self.model.use_stain_normalisation(self.models.stain.isChecked())
         view = visible_box(self.viewer, self.builder.slide_layer)
         box = view if self.scope is Scope.FIELD_OF_VIEW else None
         return jobs.PredictRequest(self.model, self.session.section, box,
                                    self.models.device.currentText(), view=view)
 
     def _partial(self, step: Any) -> None:
-        """Colour the spots a progressive prediction has finished so far."""
-        s = self.session
-        if not isinstance(step, jobs.PartialPrediction) or step.expression is None or s is None:
+        """Colour the spots a progressive prediction has finished so far; the job waits until
+        they are drawn (see :class:`~napari_dkan._widgets.jobs.PartialPrediction`)."""
+        if not isinstance(step, jobs.PartialPrediction):
             return
-        if self.runner.cancel_event.is_set() or step.model is not s.model or step.section is not s.section:
-            return  # cancelled, or the slide or the model changed while it ran
-        s.set_prediction(step.expression)
+        try:
+            s = self.session
+            if step.expression is None or s is None or self.runner.cancel_event.is_set() \
+                    or step.model is not s.model or step.section is not s.section:
+                return  # cancelled, or the slide or the model changed while it ran
+            s.set_prediction(step.expression)
+        finally:
+            if step.drawn is not None:  # one thing per turn of the event loop, then the job
+                drawn = step.drawn  # the canvas's repaint (a posted event) comes first
+
+                def show_progress() -> None:
+                    if self.runner._alive():  # noqa: SLF001 - the dock may be closing
+                        self.runner.show_pending()
+                    QTimer.singleShot(0, drawn.set)
+
+                QTimer.singleShot(0, show_progress)
 
     def _predicted(self, result: jobs.PredictResult) -> None:
         s = self.session

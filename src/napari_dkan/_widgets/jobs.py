@@ -232,15 +232,24 @@ class PredictResult:
 
 #: sections with at least this many spots are predicted progressively (see engine.progressive)
 PROGRESSIVE_MIN_SPOTS = 2000
+#: longest wait of a progressive job for the dock to draw a stage (see PartialPrediction.drawn)
+DRAW_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
 class PartialPrediction(Progress):
-    """A progress report carrying every spot's values known so far (previews included)."""
+    """A progress report carrying every spot's values known so far (previews included).
+
+    The job waits (at most :data:`DRAW_WAIT_S`) until whoever shows it sets ``drawn``: on a
+    2-core CPU the GUI thread colours and draws a stage about twice as slowly while the job
+    competes with it for the CPU and for Python's GIL (measured by
+    ``benchmarks/progressive_map.py``), and the pause costs the job a fraction of a second.
+    """
 
     expression: Expression | None = None
     model: Any = None
     section: Any = None
+    drawn: threading.Event | None = None
 
 
 def predict_steps(request: PredictRequest, cancel: threading.Event,
@@ -323,9 +332,13 @@ def _progressively(request: PredictRequest, report: Callable[..., None],
         values[part.spot_index] = part.values
         known[part.spot_index] = True
         shown = np.flatnonzero(known)
+        drawn = threading.Event()
         report(PartialPrediction(f"coloured ({part.stage})", len(shown), len(spots), "spots",
                                  Expression(tuple(model.panel), values[shown], shown, space),
-                                 model, section))
+                                 model, section, drawn))
+        deadline = time.monotonic() + DRAW_WAIT_S
+        while not drawn.wait(POLL_S / 5) and not cancel.is_set() and time.monotonic() < deadline:
+            pass
     return values
 
 
@@ -338,3 +351,5 @@ def run_to_end(steps: Generator[Any, None, T], on_progress: Callable[[Any], None
             return stop.value
         if on_progress is not None:
             on_progress(item)
+        if isinstance(item, PartialPrediction) and item.drawn is not None:
+            item.drawn.set()  # shown (or nobody to show it to): the job goes on

@@ -6,6 +6,12 @@ may run beside it and show nothing), shows each :class:`~napari_dkan._widgets.jo
 and turns failures into napari notifications: :class:`~napari_dkan.io.errors.DataError` as its
 message, anything else with the exception logged.
 
+Qt repaints a progress bar at once when its value changes, and in a window holding napari's
+OpenGL canvas that repaint composes the whole window: ~30 ms on average, up to 0.7 s, on a
+2-core CPU without a GPU, for each of the ~700 reports of a 100-s prediction (21 s of the GUI
+thread, measured by ``benchmarks/progressive_map.py``).  The runner shows at most one report per
+:data:`PROGRESS_INTERVAL_S`, and the latest one always within that time.
+
 Closing the viewer deletes the dock's widgets while a job may still run.  The runner then
 cancels the job (when its progress bar is destroyed) and its slots, still called as the
 worker winds down, touch no deleted widget: no "Internal C++ object already deleted".
@@ -15,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
 from napari_dkan._widgets.jobs import Progress, frozen_heap
@@ -27,6 +35,9 @@ from napari_dkan.io.errors import DataError
 from napari_dkan.progress import Cancelled
 
 log = logging.getLogger(__name__)
+
+#: shortest time between two progress reports shown (see the module docstring)
+PROGRESS_INTERVAL_S = 0.5
 
 
 class JobRunner:
@@ -41,6 +52,11 @@ class JobRunner:
         self.cancel_event = threading.Event()
         self._failed = self._settled = False
         self.closed = False
+        self._shown_at = 0.0  # time.monotonic() of the last progress shown
+        self._pending: Progress | None = None  # the latest report, not shown yet
+        self._pending_timer = QTimer(progress)
+        self._pending_timer.setSingleShot(True)
+        self._pending_timer.timeout.connect(self.show_pending)
         cancel_button.setEnabled(False)
         cancel_button.clicked.connect(self.cancel)
         # the viewer (or the dock) is going: stop the job, and show nothing more
@@ -128,12 +144,38 @@ class JobRunner:
 
     def _settle(self, on_return: Callable[[Any], None], result: Any) -> None:
         self._settled = True
+        self._drop_pending()
         if self._alive():
             on_return(result)
 
     def _on_progress(self, step: Progress) -> None:
         if self.cancel_event.is_set() or not self._alive():
             return  # reports still queued when the user cancelled, or the dock is gone
+        wait = PROGRESS_INTERVAL_S - (time.monotonic() - self._shown_at)
+        if wait > 0:  # shown soon, unless a newer one comes first
+            self._pending = step
+            if not self._pending_timer.isActive():
+                self._pending_timer.start(max(1, round(wait * 1000)))
+            return
+        self._show_progress(step)
+
+    def show_pending(self) -> None:
+        """Show the latest report now, if it is waiting (e.g. before the job goes on)."""
+        self._pending_timer.stop()
+        step, self._pending = self._pending, None
+        if (step is not None and self.worker is not None and not self._settled
+                and not self.cancel_event.is_set() and self._alive()):
+            self._show_progress(step)
+
+    def _drop_pending(self) -> None:
+        """The job has ended: a report not shown yet must not cover what the end shows."""
+        self._pending = None
+        if self._alive():
+            self._pending_timer.stop()
+
+    def _show_progress(self, step: Progress) -> None:
+        self._pending = None
+        self._shown_at = time.monotonic()
         if step.total > 0:
             self.progress.setRange(0, step.total)
             self.progress.setValue(step.done)
@@ -144,6 +186,7 @@ class JobRunner:
 
     def _on_error(self, what: str, exc: BaseException) -> None:
         self._failed = self._settled = True
+        self._drop_pending()
         if self._alive():
             self._report(what, exc)
 
@@ -161,6 +204,7 @@ class JobRunner:
     def _on_finished(self) -> None:
         if not self._settled:  # aborted from napari's activity panel: no result, no error
             self._on_error(self.what, Cancelled())
+        self._drop_pending()
         self.worker = None
         if not self._alive():
             return

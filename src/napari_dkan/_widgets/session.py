@@ -213,7 +213,7 @@ class SpotSession:
     # -- export ----------------------------------------------------------------------------
     def to_anndata(self):
         """The prediction as the engine writes it, with measured values in ``layers``."""
-        from napari_dkan.engine.predict import to_anndata
+        from napari_dkan.engine.predict import record_stain, to_anndata
 
         if self.model is None or self.predicted is None:
             raise DataError("nothing to export yet: run a prediction first")
@@ -227,4 +227,5 @@ class SpotSession:
             if key in source:
                 source[key] = str(Path(source[key]).resolve())
         adata.uns["napari_dkan"]["source"] = source
+        record_stain(adata, self.model, self.section)
         return adata

@@ -143,7 +143,8 @@ def _train(plan: TrainingPlan, report: Report, cancel: CancelToken | None) -> tu
 
     info = {"path": str(plan.dataset.root), "sections": [s.name for s in sections]}
     model = train_model(data, fit_names, val_names, spec, panel, plan.run_dir, gene_text=gene_text,
-                        dataset_info=info, on_event=on_event, cancel=cancel, resume=True, base=plan.base)
+                        dataset_info=info, on_event=on_event, cancel=cancel, resume=True, base=plan.base,
+                        sections=sections)
     return model, base_pcc
 
 

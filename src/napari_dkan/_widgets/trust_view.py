@@ -18,7 +18,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from napari_dkan._widgets.expression import spot_features
+from napari_dkan._widgets.expression import COLOUR_VALUE, spot_features
 from napari_dkan._widgets.sources import META_KEY
 from napari_dkan._widgets.spots_layer import SpotsLayer
 from napari_dkan.engine.reliability import verdict
@@ -269,7 +269,9 @@ class UncertaintyLayer:
 
     def _features(self) -> Any:
         session = self.builder.session
-        return spot_features(session.section.spots.spot_id, session.model.panel, 2 * self.halfwidth)
+        features = spot_features(session.section.spots.spot_id, session.model.panel, 2 * self.halfwidth)
+        features[COLOUR_VALUE] = np.float32(np.nan)  # coloured through it (see SpotsLayer.colour_by)
+        return features
 
     def _fill(self) -> None:
         layer, gene = self.layer, self.builder.session.gene
@@ -282,13 +284,11 @@ class UncertaintyLayer:
             return
         values = layer.features[gene].to_numpy()
         layer.metadata[META_KEY]["gene"] = gene
-        layer.shown = np.isfinite(values)
-        layer.face_color = gene
-        layer.face_colormap = UNCERTAINTY_COLORMAP
         finite = values[np.isfinite(values)]
         hi = float(np.percentile(finite, 99)) if finite.size else 1.0
-        layer.face_contrast_limits = (0.0, hi if hi > 0 else 1.0)
-        layer.refresh_colors(update_color_mapping=False)
+        with layer.one_redraw():
+            layer.colour_by(values, UNCERTAINTY_COLORMAP, (0.0, hi if hi > 0 else 1.0),
+                            np.isfinite(values))
         colorbar = getattr(layer, "face_colorbar", None)
         if colorbar is not None:
             colorbar.visible = True

@@ -51,6 +51,13 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="select the checkpoint on the test fold, as the reference code (leaky; labelled)")
 
 
+def _stain_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--stain-normalise", action="store_true",
+                   help=f"match {what} staining to the model's training slides (Reinhard, in LAB) "
+                   "before encoding: for a slide from another lab, scanner or patient. Needs the run's "
+                   "stain.json (written by training, or by `napari-dkan trust --only-stain`)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model", description="Train a model on a dataset's "
                        "sections; the checkpoint is selected on an inner validation section.")
@@ -74,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="keep each fold's run here (resumable)")
     p.add_argument("--only-folds", nargs="+", metavar="FOLD",
                    help="run just these folds (e.g. B4; several processes can share one -o folder)")
+    _stain_arg(p, "each fold's test sections'")
     add_json_flag(p)
     p.set_defaults(func=cmd_cv)
 
@@ -83,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", default="sections", help="group sections into folds by sections or patients")
     p.add_argument("--reference-sections", nargs="+", metavar="NAME",
                    help="sections whose ground truth picks the HEG/HVG genes (default: the evaluated ones)")
+    _stain_arg(p, "the sections'")
     add_json_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -104,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=float, default=None,
                    help="sequencing depth the intervals are for, as the median panel total per spot "
                    "(default: the section's own when it has counts, else the calibration section's)")
+    _stain_arg(p, "the slide's")
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -115,6 +125,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="the dataset the run was trained on")
     p.add_argument("--model", required=True, help="run directory (or 'default' for the bundled model)")
     p.add_argument("--cv", type=Path, help="cross-validation folder (fold-*/ runs) of the run's recipe")
+    p.add_argument("--only-stain", action="store_true",
+                   help="write only the stain reference (stain.json: the staining of the run's training "
+                   "and validation sections, for --stain-normalise), leaving the other files as they are")
     p.add_argument("--device", default="auto")
     add_json_flag(p)
     p.set_defaults(func=cmd_trust)
@@ -259,6 +272,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         model = train_model(data, fit_names, val_names, spec, panel, args.output, gene_text=gene_text,
                             dataset_info={"path": str(ds.root), "sections": names},
+                            sections=[*train_secs, *(ds[n] for n in extra)],
                             on_event=lambda e: bars.train_event("", e),
                             on_folder=lambda f: (seen.append(f), _say(f.message, not args.json and main)))
     finally:
@@ -323,10 +337,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
     bars = _Bars(not args.json)
     try:
         result = cross_validate(ds, spec, args.folds, args.sections, panel=panel, out_dir=args.output,
-                                on_status=bars.status, on_event=bars.train_event, only_folds=args.only_folds)
+                                on_status=bars.status, on_event=bars.train_event, only_folds=args.only_folds,
+                                stain_normalise=args.stain_normalise)
     finally:
         bars.close()
-    payload = result.to_dict()
+    payload = {**result.to_dict(), "stain_normalised": bool(args.stain_normalise)}
     params = {f.get("parameters") for f in payload["folds"]} - {None}
     text = (f"{spec.model} ({spec.preset}, {spec.features.encoder}"
             + (f", {params.pop():,} trainable parameters" if len(params) == 1 else "")
@@ -353,6 +368,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_dkan.io.formats import open_dataset
 
     model = load_model_arg(args.model)
+    if args.stain_normalise:
+        model.use_stain_normalisation()  # no reference: one clear line before any work
     ds = open_dataset(args.dataset, image=args.image, mpp=args.mpp)
     bars = _Bars(not args.json)
     try:
@@ -360,8 +377,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        on_status=bars.status)
     finally:
         bars.close()
-    payload = {"model": str(model.run_dir), "protocol": model.protocol, **rep.to_dict()}
-    text = f"{model.kind} from {model.run_dir} [{model.protocol}]\n" + _table(rep.folds, rep.mean, rep.std)
+    stain = None if model.stain is None else {
+        s.name: model.stain_record(s) for s in ds.select(args.sections).sections if s.has_counts and s.has_image}
+    payload = {"model": str(model.run_dir), "protocol": model.protocol, **rep.to_dict(),
+               "stain_normalised": stain is not None, "stain_normalisation": stain}
+    text = (f"{model.kind} from {model.run_dir} [{model.protocol}]"
+            + (" — stain-normalised to its training slides" if stain else "") + "\n") + _table(rep.folds, rep.mean, rep.std)
     if "COVERAGE-90" in rep.mean:
         text += "\n" + _table(rep.folds, rep.mean, rep.std, COVERAGE)
     else:
@@ -378,11 +399,24 @@ def cmd_trust(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_dkan.engine.reliability import verdict
+    from napari_dkan.engine.runs import write_stain_reference
     from napari_dkan.engine.trust import attach_from_dataset
+    from napari_dkan.io.errors import DataError
     from napari_dkan.io.formats import open_dataset
 
     model = load_model_arg(args.model)
     ds = open_dataset(args.dataset)
+    names = [*(model.config["training"].get("train_sections") or []),
+             *(model.config["training"].get("val_sections") or [])]
+    stain = write_stain_reference(model.run_dir, names, ds.sections)
+    if args.only_stain:
+        if stain is None:
+            raise DataError(f"none of {', '.join(names)} (the run's training and validation sections) "
+                            f"has an image in {ds.root}: no stain reference written")
+        emit(args, {"model": str(model.run_dir), "stain": stain.to_dict()},
+             f"{model.run_dir / 'stain.json'}: staining of {', '.join(stain.sections)} "
+             f"(LAB mean {', '.join(f'{v:.1f}' for v in stain.stats.mean)})")
+        return 0
     trust = attach_from_dataset(model, ds, args.cv, device=args.device,
                                 progress=None if args.json else (lambda m: print(m, flush=True)))
     rel, cal, dom = trust.reliability, trust.calibration, trust.domain
@@ -416,6 +450,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.storage import anndata_size_hint, atomic_write, check_writable
 
     model = load_model_arg(args.model)
+    if args.stain_normalise:
+        model.use_stain_normalisation()
     section = open_section(args.path, args.sections[0] if args.sections else None, args.spots,
                            image=args.image, mpp=args.mpp)
     if args.output.suffix != ".h5ad":
@@ -437,13 +473,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                "model": str(model.run_dir), "ood_score": uns.get("ood_score"),
                "ood_threshold": uns.get("ood_threshold"), "out_of_domain": uns.get("out_of_domain"),
                "interval_level": uns.get("interval_level"), "interval_depth": uns.get("interval_depth"),
-               "interval_depth_source": uns.get("interval_depth_source"), "seen_by_model": uns.get("seen_by_model")}
+               "interval_depth_source": uns.get("interval_depth_source"), "seen_by_model": uns.get("seen_by_model"),
+               "stain_normalised": bool(uns.get("stain_normalised"))}
     notes = []
     if uns.get("out_of_domain"):
         notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
                      f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")
     if "interval_level" not in uns:
         notes.append("this model carries no calibration: no intervals written")
+    if uns.get("stain_normalised"):
+        notes.append("the slide's staining was matched to the model's training slides (Reinhard)")
     if uns.get("seen_by_model"):
         notes.append(f"{section.name} was a {uns['seen_by_model']} section of this model: scores on it are optimistic")
     emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}"

@@ -105,8 +105,10 @@ def cross_validate(
     on_event: Callable[[str, TrainEvent], None] | None = None,
     cancel: CancelToken | None = None,
     only_folds: Sequence[str] | None = None,
+    stain_normalise: bool = False,
 ) -> CVResult:
-    """Cross-validate ``spec``; ``only_folds`` runs just the named folds (e.g. to re-check some)."""
+    """Cross-validate ``spec``; ``only_folds`` runs just the named folds (e.g. to re-check some);
+    ``stain_normalise`` maps each fold's test sections to that fold's training slides' staining."""
     t0 = time.perf_counter()
     chosen = dataset.select(sections)
     usable = [s for s in chosen.sections if s.trainable]
@@ -148,9 +150,13 @@ def cross_validate(
             cb = (lambda e, name=fold.name: on_event(name, e)) if on_event else None
             model = train_model(local, fit_names, val_names, spec, panel, out_dir / f"fold-{fold.name}",
                                 gene_text=gene_text, dataset_info={"path": str(dataset.root)},
-                                on_event=cb, cancel=cancel)
+                                on_event=cb, cancel=cancel, sections=usable)
+            if stain_normalise:  # the fold's test sections, normalised to its own reference
+                model.use_stain_normalisation()
             for name in fold.test:
-                predictions[name] = model.predict(data[name], device=spec.settings.device)
+                test = data[name] if not stain_normalise else model.section_data(
+                    dataset[name], device=spec.settings.device, cancel=cancel)
+                predictions[name] = model.predict(test, device=spec.settings.device)
             res = model.config.get("result", {})
             fold_info.append({"train_sections": fit_names, "val_sections": val_names,
                               "parameters": model.n_parameters,

@@ -103,8 +103,11 @@ def load_section_data(
     progress: Callable[[int, int], None] | None = None,
     cancel: Any = None,
     runtime: str = "auto",
+    stain: Any = None,
 ) -> SectionData:
-    """Features (from cache when present) and, with a panel and counts, targets of a section."""
+    """Features (from cache when present) and, with a panel and counts, targets of a section;
+    with ``stain`` (a :class:`~napari_dkan.features.stain.StainReference`), of its tiles
+    stain-normalised to that reference."""
     from napari_dkan.features import extract_section_features
 
     counts = None
@@ -114,14 +117,16 @@ def load_section_data(
     feats = extract_section_features(
         section, encoder=features.encoder, mode=features.mode, tile_px=features.tile_px,
         target_mpp=features.target_mpp, tokens=needs.patch_tokens, device=device,
-        progress=progress, cancel=cancel, runtime=runtime,
+        progress=progress, cancel=cancel, runtime=runtime, stain=stain,
     )
-    return section_data_from_features(section, feats, features, panel, needs, smoothing, counts=counts)
+    return section_data_from_features(section, feats, features, panel, needs, smoothing, counts=counts,
+                                      stain=stain)
 
 
 def section_data_from_features(section: Section, feats: Any, features: FeatureSpec,
                                panel: Sequence[str] | None, needs: Needs = Needs(),
-                               smoothing: bool = True, counts: np.ndarray | None = None) -> SectionData:
+                               smoothing: bool = True, counts: np.ndarray | None = None,
+                               stain: Any = None) -> SectionData:
     """A section's data from its extracted features (``SectionFeatures`` in spot order);
     ``counts``: its raw panel counts when already read (else read here with a panel and counts)."""
     from napari_dkan.features import section_patches
@@ -134,7 +139,8 @@ def section_data_from_features(section: Section, feats: Any, features: FeatureSp
     y = None if counts is None else targets_from_counts(counts, section.spots, smoothing)
     patches = None
     if needs.patches:
-        patches = section_patches(section, size=features.tile_px, target_mpp=features.target_mpp)
+        patches = section_patches(section, size=features.tile_px, target_mpp=features.target_mpp,
+                                  stain=stain)
     tokens = feats.patch_tokens
     return SectionData(
         name=section.name,

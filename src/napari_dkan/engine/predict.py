@@ -54,7 +54,17 @@ def predict_section(
                        spot_trust=assess(model.trust, pred, data, level, model.smoothing, depth))
     if section.has_counts and absent:
         adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
+    record_stain(adata, model, section)
     return adata
+
+
+def record_stain(adata: Any, model: TrainedModel, section: Section) -> None:
+    """``uns["napari_dkan"]["stain_normalised"]`` and, when it was, the source and target
+    statistics as JSON in ``["stain_normalisation"]``."""
+    record = model.stain_record(section)
+    adata.uns["napari_dkan"]["stain_normalised"] = record is not None
+    if record is not None:
+        adata.uns["napari_dkan"]["stain_normalisation"] = json.dumps(record)
 
 
 def absent_genes(panel: list[str], section: Section) -> list[str]:

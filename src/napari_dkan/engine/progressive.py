@@ -157,11 +157,12 @@ def predict_in_stages(
     for done, feats in extract_in_stages(
         section, [s.index for s in stages], encoder=spec.encoder, mode=spec.mode,
         tile_px=spec.tile_px, target_mpp=spec.target_mpp, tokens=model.needs.patch_tokens,
-        device=device, progress=feats_cb, cancel=cancel, runtime=runtime,
+        device=device, progress=feats_cb, cancel=cancel, runtime=runtime, stain=model.stain,
     ):
         everything = len(done) == n
         subset = section if everything else with_spots(section, done)
-        data = section_data_from_features(subset, feats, spec, None, model.needs, model.smoothing)
+        data = section_data_from_features(subset, feats, spec, None, model.needs, model.smoothing,
+                                          stain=model.stain)
         rows = np.flatnonzero(~predicted[done])
         if rows.size == 0:
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ from napari_dkan.io.dataset import Section
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken
 from napari_dkan.storage import atomic_write, check_writable
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 TEXT_FILE = "gene_text.safetensors"
@@ -152,6 +155,7 @@ def train_model(
     resume: bool = True,
     base: TrainedModel | None = None,
     on_folder: Callable[[RunFolder], None] | None = None,
+    sections: Sequence[Section] = (),
 ) -> TrainedModel:
     """Train on ``train_names``, select on ``val_names``; returns the trained model.
 
@@ -162,6 +166,9 @@ def train_model(
     Before anything is written, ``run_dir`` is inspected (:func:`inspect_run_folder`) and
     ``on_folder`` told what will happen to it; a folder holding another run is refused
     (:class:`~napari_dkan.engine.checkpoint.CheckpointError`) and left exactly as it was.
+
+    ``sections``: the dataset sections ``data`` was read from; the images of those trained and
+    selected on give the run's stain reference (``stain.json``, :func:`write_stain_reference`).
     """
     if spec.model == "ridge" and distributed.current().active:
         raise DataError("ridge regression has no training loop to spread over processes; "
@@ -180,12 +187,15 @@ def train_model(
     if folder.action == "refuse":
         raise ckpt.CheckpointError(folder.message)
     if folder.action == "finished" and folder.complete:
+        if distributed.current().is_main and not (run_dir / "stain.json").is_file():
+            write_stain_reference(run_dir, [*train_names, *val_names], sections)  # a run from before it
         return TrainedModel.load(run_dir)
     if distributed.current().is_main:  # under torchrun, rank 0 alone writes the run's files
         check_writable(run_dir)  # creates it; a read-only or full disk is one clear line
         if text_file is not None:
             atomic_write(run_dir / TEXT_FILE, text_file)
         ckpt.write_json(run_dir / CONFIG_FILE, config)
+        write_stain_reference(run_dir, [*train_names, *val_names], sections)
     distributed.barrier()
     text_arr = None if gene_text is None else np.asarray(gene_text.matrix, dtype=np.float32)
     if spec.model == "ridge":
@@ -195,6 +205,23 @@ def train_model(
                             resume=resume, init_weights=base.state_dict() if base is not None else None)
     model = _finish_run(run_dir, config, result)
     return _with_trust(model, train, val) if distributed.current().is_main else model
+
+
+def write_stain_reference(run_dir: Path, names: Sequence[str], sections: Sequence[Section]) -> Any:
+    """Write the run's ``stain.json`` from the images of the named sections (a spatial hold-out
+    ``B4[fit]`` counts as B4); None, with a warning, when there is nothing to take it from: the
+    run is still usable, only not with stain normalisation."""
+    from napari_dkan.features.stain import write_reference
+
+    by_name = {s.name: s for s in sections}
+    chosen = [by_name[n] for n in dict.fromkeys(n.split("[")[0] for n in names) if n in by_name]
+    if not chosen:
+        return None
+    try:
+        return write_reference(run_dir, chosen)
+    except DataError as exc:
+        log.warning("no stain reference written for %s: %s", run_dir, exc)
+        return None
 
 
 def _with_trust(model: TrainedModel, train: Sequence[SectionData], val: Sequence[SectionData]) -> TrainedModel:
@@ -424,6 +451,8 @@ class TrainedModel:
         self._net: Any = None
         self._text: Any = None
         self._trust: Any = None
+        #: with a StainReference, every tile is stain-normalised to it (see use_stain_normalisation)
+        self.stain: Any = None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
@@ -472,6 +501,21 @@ class TrainedModel:
 
     def reload_trust(self) -> None:
         self._trust = None
+
+    def use_stain_normalisation(self, on: bool = True) -> None:
+        """Stain-normalise every slide to this run's training slides (its ``stain.json``) from
+        now on; raises :class:`~napari_dkan.features.stain.StainError` when it has none."""
+        from napari_dkan.features.stain import StainReference
+
+        self.stain = StainReference.load(self.run_dir) if on else None
+
+    def stain_record(self, section: Section) -> dict[str, Any] | None:
+        """The normalisation applied to ``section`` (source and target statistics), or None."""
+        if self.stain is None:
+            return None
+        from napari_dkan.features.stain import section_transform
+
+        return section_transform(section, self.stain).record()
 
     @property
     def seen_sections(self) -> dict[str, str]:
@@ -528,7 +572,8 @@ class TrainedModel:
                      runtime: str = "auto") -> SectionData:
         panel = self.panel if with_targets and section.has_counts else None
         return load_section_data(section, self.features, panel, self.needs, self.smoothing,
-                                 device=device, progress=progress, cancel=cancel, runtime=runtime)
+                                 device=device, progress=progress, cancel=cancel, runtime=runtime,
+                                 stain=self.stain)
 
     def predict(self, data: SectionData, device: str = "auto",
                 progress: Callable[[int, int], None] | None = None,

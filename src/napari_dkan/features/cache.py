@@ -48,9 +48,13 @@ class CacheKey:
     mode: str = ""
     tokens: bool = False
     version: int = CACHE_VERSION
+    stain: str = ""  # StainReference.identity when tiles are stain-normalised, else ""
 
     def as_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = asdict(self)
+        if not self.stain:  # keys from before stain normalisation stay as they were
+            del data["stain"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
         return hashlib.sha256(self.as_json().encode()).hexdigest()

@@ -27,6 +27,7 @@ from napari_dkan.features.registry import (
 from napari_dkan.features.runtimes import AUTO, TORCH, Session
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 TOKEN_GRID = 7
@@ -82,7 +83,8 @@ class Encoder:
             return self
         try:
             onnx_file = runtimes.export_onnx(self.model, self.spec)
-            session = runtimes.open_session(chosen, onnx_file, torch.get_num_threads())
+            session = runtimes.open_session(chosen, onnx_file, torch.get_num_threads(),
+                                            self.spec.mean, self.spec.std)
         except Exception as exc:  # noqa: BLE001 - exporters and runtimes raise many kinds
             if runtimes.check_runtime(name) != AUTO:
                 raise EncoderError(
@@ -124,22 +126,33 @@ class Encoder:
 
         from napari_dkan.devices import autocast
 
+        size = self.spec.input_size
+        resize = self.spec.fixed_input_size and tiles.shape[2] != size
+        if getattr(self._session, "takes_raw", False) and tiles.dtype == torch.uint8 and not resize:
+            # the runtime normalises inside the compiled network: no float copy here
+            pooled_np, feats_np = self._session.raw(tiles.contiguous().numpy())
+            return self._from_session(pooled_np, feats_np, tokens)
         x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self._mean) / self._std
-        size = self.spec.input_size
-        if self.spec.fixed_input_size and x.shape[-1] != size:
+        if resize:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if self._session is not None:
             pooled_np, feats_np = self._session(x.contiguous().numpy())
-            pooled, feats = torch.from_numpy(pooled_np), torch.from_numpy(feats_np)
-            grid = _token_grid(self.model, feats, self.width) if tokens else None
-            return pooled.float(), (grid.float() if grid is not None else None)
+            return self._from_session(pooled_np, feats_np, tokens)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
             feats = self.model.forward_features(x)
             pooled = self.model.forward_head(feats, pre_logits=True)
             grid = _token_grid(self.model, feats, self.width) if tokens else None
+        return pooled.float(), (grid.float() if grid is not None else None)
+
+    def _from_session(self, pooled_np: np.ndarray, feats_np: np.ndarray,
+                      tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import torch
+
+        pooled, feats = torch.from_numpy(pooled_np), torch.from_numpy(feats_np)
+        grid = _token_grid(self.model, feats, self.width) if tokens else None
         return pooled.float(), (grid.float() if grid is not None else None)
 
 

@@ -102,10 +102,14 @@ def shared_layout(x: np.ndarray, y: np.ndarray, step: float, width: int, height:
         inside[edge] = [(int(r), int(c)) in occupied for r, c in zip(rows[edge], cols[edge])]
     slots = np.full((n, SLOTS), MASKED, dtype=np.int64)
     if inside.any():
-        cells = np.column_stack([rows[inside], cols[inside]])
-        unique, inverse = np.unique(cells, axis=0, return_inverse=True)
+        # the cells in (row, col) order, as np.unique(axis=0) would give them; one int64 key per
+        # cell sorts ~20× faster than rows of two (0.4 s for 11,000 spots, holding the GIL)
+        cell_rows, cell_cols = rows[inside], cols[inside]
+        r0, c0 = cell_rows.min(), cell_cols.min()
+        span = int(cell_cols.max() - c0) + 1
+        keys, inverse = np.unique((cell_rows - r0) * span + (cell_cols - c0), return_inverse=True)
         slots[inside] = n + inverse.reshape(-1)
-        centres = np.column_stack([(unique[:, 1] + 0.5) * step, (unique[:, 0] + 0.5) * step])
+        centres = np.column_stack([(keys % span + c0 + 0.5) * step, (keys // span + r0 + 0.5) * step])
     else:
         centres = np.zeros((0, 2))
     return RegionLayout(np.column_stack([x, y]), centres, slots, float(step), "shared")

@@ -18,10 +18,12 @@ from napari_dkan.features.cache import (
     spots_digest,
 )
 from napari_dkan.features.pipeline import TileReader, read_batches
+from napari_dkan.features.stain import normalised_reader, section_transform
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken, ProgressCallback, check_cancel, report
 
 if TYPE_CHECKING:
+    from napari_dkan.features.stain import StainReference
     from napari_dkan.io.dataset import Section
     from napari_dkan.io.slides import Slide
 
@@ -67,11 +69,13 @@ def section_patches(
     num_workers: int = 2,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    stain: StainReference | None = None,
 ) -> np.ndarray:
     """(N, size, size, 3) uint8 patches centred on the section's spots, in spot order.
 
     These feed a trainable patch CNN.  They are cached on disk, keyed like the features (slide,
-    spots, size, µm/px), so training epochs and later runs skip slide reading.
+    spots, size, µm/px), so training epochs and later runs skip slide reading.  With ``stain``,
+    each patch is stain-normalised to that reference (cached apart).
     """
     spots = section.spots
     if len(spots) == 0:
@@ -85,8 +89,9 @@ def section_patches(
         mpp=float(native),
         tile_px=int(size),
         target_mpp=target,
+        stain="" if stain is None else stain.identity,
     )
-    path = cache_file(key, f"{section.dataset}-{section.name}-{size}px")
+    path = cache_file(key, f"{section.dataset}-{section.name}-{size}px" + ("-stain" if stain else ""))
     if cache:
         hit = load_arrays(path, key)
         if hit is not None and hit[0].get("patches") is not None:
@@ -96,7 +101,8 @@ def section_patches(
     t0 = time.perf_counter()
     out = np.empty((len(spots), size, size, 3), np.uint8)
     with section.open_slide() as slide:
-        read = tile_reader(slide, spots.xy, size, target)
+        transform = None if stain is None else section_transform(section, stain)
+        read = normalised_reader(tile_reader(slide, spots.xy, size, target), transform)
         stream = read_batches(read, len(spots), size, batch_size=64, num_workers=num_workers,
                               cancel=cancel)
         batches = iter(stream)

@@ -28,7 +28,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,8 +161,13 @@ def export_onnx(model: torch.nn.Module, spec: EncoderSpec) -> Path:
 
 
 # -- sessions ------------------------------------------------------------------------------------
-def open_session(runtime: str, onnx_file: Path, threads: int) -> Session:
-    """A function running the exported encoder with ``runtime`` on ``threads`` CPU threads."""
+def open_session(runtime: str, onnx_file: Path, threads: int,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Session:
+    """A function running the exported encoder with ``runtime`` on ``threads`` CPU threads.
+
+    With ``mean`` and ``std`` (the encoder's normalisation), an OpenVINO session also offers
+    ``raw(tiles)``: uint8 N×H×W×3 tiles in, normalisation folded into the compiled network.
+    """
     if runtime == ONNXRUNTIME:
         import onnxruntime as ort
 
@@ -178,23 +183,87 @@ def open_session(runtime: str, onnx_file: Path, threads: int) -> Session:
 
         return run_ort
     if runtime == OPENVINO:
-        import openvino as ov
-
-        # f32 on purpose: OpenVINO's default on CPUs with bf16 units is bf16, whose features
-        # drift from torch's (mean cosine 0.9987 measured on HER2ST C2, under the 0.999 bar)
-        compiled = ov.Core().compile_model(str(onnx_file), "CPU", {
-            "INFERENCE_NUM_THREADS": max(1, threads), "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
-        request = compiled.create_infer_request()
-        out_pooled, out_feats = compiled.output("pooled"), compiled.output("features")
-
-        def run_ov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            result = request.infer({0: x})
-            return result[out_pooled].copy(), result[out_feats].copy()
-
-        return run_ov
+        return OpenVinoSession(onnx_file, threads, mean, std)
     raise RuntimeChoiceError(f"no session for runtime {runtime!r}")
 
 
 def n_parameters(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+class OpenVinoSession:
+    """OpenVINO on the CPU in throughput mode: each batch is split over parallel infer requests.
+
+    OpenVINO's latency mode runs one request on all threads; on a CPU a convolutional network
+    with small per-layer work (EfficientNet's depthwise convolutions) keeps threads waiting at
+    every layer.  Throughput mode makes one *stream* per thread and each request runs on its
+    own stream, so a batch split in as many parts as the runtime asks for keeps every core busy:
+    1.4–2× the tiles/s of latency mode here (benchmarks/README.md, *CPU runtimes*).  The split
+    changes nothing in the arithmetic of a tile (features identical to one request, measured).
+
+    :meth:`raw` takes the uint8 NHWC tiles as they are read; OpenVINO's pre-processing (type
+    conversion, layout, mean and scale — folded into the first convolution by the compiler)
+    replaces the torch normalisation, so the tiles skip a float copy on the Python side.
+    """
+
+    def __init__(self, onnx_file: Path, threads: int, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        import openvino as ov
+
+        self._core = ov.Core()
+        self._file = str(onnx_file)
+        # f32 on purpose: OpenVINO's default on CPUs with bf16 units is bf16, whose features
+        # drift from torch's (mean cosine 0.9987 measured on HER2ST C2, under the 0.999 bar)
+        self._config = {"INFERENCE_NUM_THREADS": max(1, threads), "PERFORMANCE_HINT": "THROUGHPUT",
+                        "INFERENCE_PRECISION_HINT": "f32"}
+        self._norm = (list(mean), list(std)) if mean is not None and std is not None else None
+        self._compiled: dict[bool, tuple] = {}
+        self._compile(raw=False)  # fail here, at load time, if the export cannot be compiled
+
+    def _compile(self, raw: bool) -> tuple:
+        if raw not in self._compiled:
+            model = self._core.read_model(self._file)
+            if raw:
+                import openvino as ov
+                from openvino.preprocess import PrePostProcessor
+
+                mean, std = self._norm
+                ppp = PrePostProcessor(model)
+                ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+                ppp.input().model().set_layout(ov.Layout("NCHW"))
+                ppp.input().preprocess().convert_element_type(ov.Type.f32) \
+                    .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+                model = ppp.build()
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self._compiled[raw] = (compiled, [compiled.create_infer_request() for _ in range(n)],
+                                   compiled.output("pooled"), compiled.output("features"))
+        return self._compiled[raw]
+
+    def _run(self, x: np.ndarray, raw: bool) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
+        _compiled, requests, out_pooled, out_feats = self._compile(raw)
+        parts = [p for p in np.array_split(x, len(requests)) if len(p)]
+        busy = requests[: len(parts)]
+        for request, part in zip(busy, parts, strict=True):
+            request.start_async({0: np.ascontiguousarray(part)})
+        for request in busy:
+            request.wait()
+        pooled = np.concatenate([r.get_tensor(out_pooled).data for r in busy])
+        feats = np.concatenate([r.get_tensor(out_feats).data for r in busy])
+        return pooled, feats
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 NCHW tiles → (pooled N×D, features as the network emits them)."""
+        return self._run(x, raw=False)
+
+    @property
+    def takes_raw(self) -> bool:
+        return self._norm is not None
+
+    def raw(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 N×H×W×3 tiles (the network's input size) → the same as :meth:`__call__`."""
+        if self._norm is None:
+            raise RuntimeChoiceError("this OpenVINO session was opened without the encoder's normalisation")
+        return self._run(tiles, raw=True)

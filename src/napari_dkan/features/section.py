@@ -30,6 +30,7 @@ from napari_dkan.features.cache import (
 from napari_dkan.features.geometry import MASKED, SLOTS, gather_regions, make_layout
 from napari_dkan.features.pixels import effective_target_mpp, tile_reader, tile_step
 from napari_dkan.features.registry import DEFAULT_ENCODER, EncoderSpec, resolve_encoder
+from napari_dkan.features.stain import StainReference, normalised_reader, section_transform
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken, ProgressCallback, report
 
@@ -80,6 +81,7 @@ def extract_section_features(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     runtime: str = "auto",
+    stain: StainReference | None = None,
 ) -> SectionFeatures:
     """Patch, region and (optionally) token features of every spot of ``section``.
 
@@ -94,12 +96,14 @@ def extract_section_features(
     ``runtime`` runs an encoder given by name (``auto``: the fastest installed one on a CPU; see
     :mod:`~napari_dkan.features.runtimes`); a given encoder keeps its own.  Features do not
     depend on the runtime (mean cosine ≥ 0.9999 to torch), so the cache is shared by all.
+    With ``stain``, every tile is first stain-normalised to that reference
+    (:mod:`~napari_dkan.features.stain`); such features are cached apart.
     """
     t0 = time.perf_counter()
     region_mode = _region_mode(mode)
     spec: EncoderSpec = resolve_encoder(encoder) if isinstance(encoder, str) else encoder.spec
     spots = section.spots
-    plan = _plan(section, spec, region_mode, tile_px, target_mpp, tokens)
+    plan = _plan(section, spec, region_mode, tile_px, target_mpp, tokens, stain)
     if cache:
         feats = cached_features(plan, spots.spot_id, t0)
         if feats is not None:
@@ -108,7 +112,7 @@ def extract_section_features(
 
     *_, (_, feats) = _encode_in_stages(section, [np.arange(len(spots))], plan, spec, encoder,
                                       tile_px, tokens, device, batch_size, num_workers, cache,
-                                      progress, cancel, runtime, t0)
+                                      progress, cancel, runtime, t0, stain)
     return feats
 
 
@@ -127,6 +131,7 @@ def extract_in_stages(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     runtime: str = "auto",
+    stain: StainReference | None = None,
 ) -> Iterator[tuple[np.ndarray, SectionFeatures]]:
     """:func:`extract_section_features` in stages: the spots of ``stages[0]`` first, and so on.
 
@@ -141,7 +146,7 @@ def extract_in_stages(
     region_mode = _region_mode(mode)
     spec: EncoderSpec = resolve_encoder(encoder) if isinstance(encoder, str) else encoder.spec
     spots = section.spots
-    plan = _plan(section, spec, region_mode, tile_px, target_mpp, tokens)
+    plan = _plan(section, spec, region_mode, tile_px, target_mpp, tokens, stain)
     if cache:
         feats = cached_features(plan, spots.spot_id, t0)
         if feats is not None:
@@ -149,14 +154,14 @@ def extract_in_stages(
             yield np.arange(len(spots)), feats
             return
     yield from _encode_in_stages(section, stages, plan, spec, encoder, tile_px, tokens, device,
-                                 batch_size, num_workers, cache, progress, cancel, runtime, t0)
+                                 batch_size, num_workers, cache, progress, cancel, runtime, t0, stain)
 
 
 def _encode_in_stages(
     section: Section, stages: Sequence[np.ndarray], plan: _Plan, spec: EncoderSpec,
     encoder: str | Encoder | LazyEncoder, tile_px: int, tokens: bool, device: str,
     batch_size: int | None, num_workers: int, cache: bool, progress: ProgressCallback | None,
-    cancel: CancelToken | None, runtime: str, t0: float,
+    cancel: CancelToken | None, runtime: str, t0: float, stain: StainReference | None = None,
 ) -> Iterator[tuple[np.ndarray, SectionFeatures]]:
     from napari_dkan.features.encoders import suggest_batch_size
     from napari_dkan.features.pipeline import encode_tiles
@@ -165,6 +170,7 @@ def _encode_in_stages(
     n = len(spots)
     mode, target = plan.key.mode, plan.target_mpp
     stages = _complete(stages, n)
+    transform = None if stain is None else section_transform(section, stain)
     with section.open_slide() as slide:  # first, so bad data fails before a model loads
         layout = make_layout(mode, spots.x, spots.y, plan.step, *slide.dimensions)
         total = layout.n_tiles
@@ -185,7 +191,8 @@ def _encode_in_stages(
                                              (layout.tile_centres[new_tiles], len(new_tiles), False)):
                 if count == 0:
                     continue
-                out = encode_tiles(enc, tile_reader(slide, centres, tile_px, target), count, tile_px,
+                read = normalised_reader(tile_reader(slide, centres, tile_px, target), transform)
+                out = encode_tiles(enc, read, count, tile_px,
                                    tokens=tokens and is_patch, batch_size=bs,
                                    num_workers=num_workers, progress=progress, cancel=cancel,
                                    progress_offset=encoded, progress_total=total)
@@ -234,6 +241,8 @@ def _encode_in_stages(
         "cache_hit": False,
         "cache_path": str(plan.path) if cache else None,
     }
+    if transform is not None:
+        meta["stain"] = transform.record()
     arrays = {"patch": patch, "tiles": grid, "slots": layout.slots.astype(np.int64)}
     if patch_tokens is not None:
         arrays["patch_tokens"] = patch_tokens
@@ -295,7 +304,7 @@ class _Plan:
 
 
 def _plan(section: Section, spec: EncoderSpec, mode: RegionMode, tile_px: int,
-          target_mpp: float | None, tokens: bool) -> _Plan:
+          target_mpp: float | None, tokens: bool, stain: StainReference | None = None) -> _Plan:
     spots = section.spots
     if len(spots) == 0:
         raise DataError(f"section {section.name} has no spots")
@@ -311,8 +320,9 @@ def _plan(section: Section, spec: EncoderSpec, mode: RegionMode, tile_px: int,
         encoder=spec.identity,
         mode=mode.value,
         tokens=bool(tokens),
+        stain="" if stain is None else stain.identity,
     )
-    label = f"{section.dataset}-{section.name}-{spec.family}-{mode}"
+    label = f"{section.dataset}-{section.name}-{spec.family}-{mode}" + ("-stain" if stain else "")
     return _Plan(key, cache_file(key, label), label, native, target, tile_step(tile_px, native, target))
 
 

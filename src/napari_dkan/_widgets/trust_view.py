@@ -192,8 +192,9 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
         overlay.text = ""
 
 
-def uncertainty_tip(calibration: Any) -> str:
-    """What the uncertainty layer shows, in words (and for which sequencing depth)."""
+def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = None) -> str:
+    """What the uncertainty layer shows, in words (and for which sequencing depth): before a
+    prediction the rule, after it (``depth``: the prediction's DepthProfile) the depth used."""
     tip = "width of each spot's 90 % prediction interval for the chosen gene (calibrated on held-out spots)"
     if calibration is None:
         return tip
@@ -201,8 +202,15 @@ def uncertainty_tip(calibration: Any) -> str:
         return (tip + "; calibrated before intervals knew the sequencing depth: a section sequenced "
                 "shallower than the calibration section gets intervals that are too narrow "
                 "(`napari-dkan trust` recalibrates)")
-    return (tip + "; for the section's own sequencing depth when it has counts, else the calibration "
-            f"section's (median {calibration.measurement.reference.median:.0f} panel counts per spot)")
+    reference = f"{calibration.measurement.reference.median:.0f}"
+    if depth is None:
+        return (tip + "; for the section's own sequencing depth when it has counts, else the calibration "
+                f"section's (median {reference} panel counts per spot)")
+    whose = {"measured": f"{section or 'this section'}'s own measured sequencing depth",
+             "given": "the sequencing depth you gave"}.get(
+        depth.source, "the calibration section's sequencing depth (this section has no counts)")
+    return (tip + f"; intervals for {whose}: median {depth.median:.0f} panel counts per spot "
+            f"(calibration section: {reference})")
 
 
 class UncertaintyLayer:

@@ -65,6 +65,11 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
         text_overlay,
     )
 
+    dock.choose_model(str(runs["known"]))
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    if dock.session.predicted is None:  # measured values only: no UNRELIABLE label over them
+        dock.set_gene(dock.session.model.panel[1])
+        assert not text_overlay(viewer).visible
     _use(qtbot, dock, runs["known"])
     panel = dock.session.model.panel
     good, bad = panel[0], panel[1]

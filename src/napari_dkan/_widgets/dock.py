@@ -515,7 +515,7 @@ class PredictionDock(QWidget):
             return
         predicted = self.builder.layer("predicted")
         if predicted is not None:
-            mark_reliability(self.viewer, predicted, model, s.gene)
+            mark_reliability(self.viewer, predicted, model, s.gene, predicted=s.predicted is not None)
             half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
             predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
         if self.uncertainty is not None and self.trust.uncertainty.isChecked():

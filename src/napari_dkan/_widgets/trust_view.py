@@ -165,11 +165,13 @@ def text_overlay(viewer: Any) -> Any:
     return overlay if overlay is not None else getattr(viewer, "text_overlay", None)
 
 
-def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None) -> None:
+def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None,
+                     predicted: bool = True) -> None:
     """Fade the predicted layer of an unreliable gene and label the canvas so; undo otherwise.
 
     The layer keeps its name (scripts find layers by name); the label is napari's canvas text
-    overlay.
+    overlay, shown only once there is a prediction (``predicted``): before it the canvas shows
+    measured values, which the model's reliability says nothing about.
     """
     if layer is None:
         return
@@ -180,7 +182,7 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
     overlay = text_overlay(viewer)
     if overlay is None:
         return
-    if bad:
+    if bad and predicted:
         overlay.text = (f"{gene}: UNRELIABLE (expected r {r:.2f})" if r is not None
                         else f"{gene}: UNRELIABLE (r not measurable)")
         overlay.color = (1.0, 0.35, 0.3, 1.0)

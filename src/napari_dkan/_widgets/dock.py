@@ -643,7 +643,7 @@ def prediction_summary(result: jobs.PredictResult, n_spots: int) -> str:
 def side_by_side_refusal(session: SpotSession | None) -> str:
     """Why side by side shows one panel: a slide without measured data never gets a second."""
     if session is not None and session.predicted is not None and session.measured is None:
-        return "side by side compares predicted with measured: this slide has no measured data"
+        return "no measured data on this slide: side by side compares predicted with measured"
     return "side by side needs two layers: predict first (and open measured data)"
 
 

@@ -547,6 +547,10 @@ class PredictionDock(QWidget):
         if self.builder is None:
             return 1
         panels = self.builder.set_grid(enabled)
+        s = self.session
+        if s is not None:  # the canvas's UNRELIABLE label moves off the panels' titles
+            mark_reliability(self.viewer, self.builder.layer("predicted"), s.model, s.gene,
+                             predicted=s.predicted is not None)
         if enabled and panels < 2:
             show_info(side_by_side_refusal(self.session))
         return panels

@@ -107,6 +107,11 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     layer = dock.set_uncertainty_visible(True)
     assert layer is not None and layer in viewer.layers and layer.visible
     assert layer.face_colormap.name == UNCERTAINTY_COLORMAP
+    from napari_dkan._widgets.canvas_text import layer_text
+    from napari_dkan._widgets.layers import TITLE
+
+    # the canvas names the orange colorbar: the gene's interval width, not its expression
+    assert layer_text(layer, TITLE) == f"{dock.session.gene} · uncertainty: 90 % interval width (orange scale)"
     assert not layer.text.visible  # napari's "display text" box is unticked: no labels are drawn
     half = dock._spot_trust.halfwidth[:, panel.index(bad)]
     np.testing.assert_allclose(layer.features[bad].to_numpy(), 2 * half, rtol=1e-6)

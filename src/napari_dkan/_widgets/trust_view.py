@@ -305,3 +305,13 @@ class UncertaintyLayer:
         colorbar = getattr(layer, "face_colorbar", None)
         if colorbar is not None:
             colorbar.visible = True
+        from napari_dkan._widgets.canvas_text import set_layer_text
+        from napari_dkan._widgets.layers import TITLE
+
+        # which of the two colorbars is this one: without it the orange bar had no name
+        set_layer_text(layer, TITLE, uncertainty_title(gene, self.level), position="top_left")
+
+
+def uncertainty_title(gene: str, level: float) -> str:
+    """The uncertainty layer's title on the canvas (it names the orange colorbar)."""
+    return f"{gene} · uncertainty: {round(100 * level)} % interval width (orange scale)"

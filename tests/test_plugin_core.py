@@ -329,3 +329,23 @@ def test_tiny_panel_is_what_the_model_was_trained_on(model, panels_dir, her2st_d
     assert list(text.genes) == published[:PANEL_SIZE] and text.matrix.shape[0] == PANEL_SIZE
     measured = set(her2st_dataset["C3"].counts.genes)  # the section it was trained on
     assert set(model.panel) <= measured
+
+
+def test_colorbar_heading_puts_a_long_slide_name_on_its_own_line():
+    from napari_dkan._widgets.colour_scales import QUANTITY, colorbar_heading
+
+    assert colorbar_heading("ERBB2", "C2") == "ERBB2 (C2)"
+    heading = colorbar_heading("ERBB2", "CMU-1-Small-Region")  # ran over the colorbar on one line
+    assert heading == "ERBB2\n(CMU-1-Small-Region)"
+    assert max(map(len, heading.splitlines())) <= len(QUANTITY) + 2
+
+
+def test_side_by_side_refusal_says_a_slide_without_measured_data_has_none():
+    from types import SimpleNamespace
+
+    from napari_dkan._widgets.dock import side_by_side_refusal
+
+    bare = SimpleNamespace(predicted=object(), measured=None)  # e.g. a WSI: predicted, nothing measured
+    assert "no measured data" in side_by_side_refusal(bare)
+    assert "predict first" in side_by_side_refusal(SimpleNamespace(predicted=None, measured=object()))
+    assert "predict first" in side_by_side_refusal(None)

@@ -57,3 +57,17 @@ def test_dock_predicts_with_the_slide_matched_to_the_training_staining(
     use(with_ref, checked=True)
     assert stain.isEnabled() and dock.model.stain == ref
     assert dock.session.to_anndata().uns["napari_dkan"]["stain_normalised"] is True
+    # the status line says the slide's staining was matched, and that a toggle needs a new Predict
+    from napari_dkan._widgets.dock import STAIN_MATCHED
+
+    summary = dock.status.text()
+    assert STAIN_MATCHED in summary
+    stain.setChecked(False)
+    assert "press Predict" in dock.status.text() and STAIN_MATCHED not in dock.status.text()
+    stain.setChecked(True)  # back as predicted: the prediction's own summary again
+    assert dock.status.text() == summary
+    stain.setChecked(False)
+    assert dock.predict() is not None
+    qtbot.waitUntil(lambda: not dock.busy, timeout=120_000)
+    assert STAIN_MATCHED not in dock.status.text() and "press Predict" not in dock.status.text()
+    assert dock.session.to_anndata().uns["napari_dkan"]["stain_normalised"] is False

@@ -199,6 +199,13 @@ def test_depth_aware_calibration_round_trip_and_old_files_still_load(tmp_path: P
 
     assert "`napari-dkan trust` recalibrates" in uncertainty_tip(old)  # the dock says the depth is ignored
     assert "median 2" in uncertainty_tip(back) and "own sequencing depth" in uncertainty_tip(back)
+    from napari_dkan.engine.measurement import DepthProfile
+
+    # after a prediction the tooltip names the depth its intervals are for, not only the rule
+    own = uncertainty_tip(back, DepthProfile(np.array([100.0, 150.0, 200.0]), "measured"), "B4")
+    assert "B4's own measured sequencing depth: median 150 panel counts per spot" in own
+    bare = uncertainty_tip(back, DepthProfile(np.array([2.0, 3.0]), "calibration"), "CMU-1")
+    assert "the calibration section's sequencing depth (this section has no counts)" in bare
     ckpt.save_tensors(tmp_path / "v9.safetensors", tensors,
                       metadata={"calibration": json.dumps({**old_meta, "version": 9})})
     with pytest.raises(ValueError, match="version 9"):

@@ -65,6 +65,11 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
         text_overlay,
     )
 
+    dock.choose_model(str(runs["known"]))
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    if dock.session.predicted is None:  # measured values only: no UNRELIABLE label over them
+        dock.set_gene(dock.session.model.panel[1])
+        assert not text_overlay(viewer).visible
     _use(qtbot, dock, runs["known"])
     panel = dock.session.model.panel
     good, bad = panel[0], panel[1]
@@ -78,6 +83,11 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert f"{bad} — expected r 0.02 ± 0.05 on unseen sections: unreliable" in dock.trust.gene_line.text()
     assert text_overlay(viewer).visible
     assert text_overlay(viewer).text == f"{bad}: UNRELIABLE (expected r 0.02)"
+    assert text_overlay(viewer).position == "top_left"
+    dock.set_side_by_side(True)  # side by side: off the panels' titles, which sit top left
+    assert text_overlay(viewer).position == "bottom_left" and text_overlay(viewer).visible
+    dock.set_side_by_side(False)
+    assert text_overlay(viewer).position == "top_left"
     assert predicted.opacity == pytest.approx(0.35) and predicted.name == "C3 · predicted"
 
     # C3 trained this model: the section notice and every score say so
@@ -97,6 +107,11 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     layer = dock.set_uncertainty_visible(True)
     assert layer is not None and layer in viewer.layers and layer.visible
     assert layer.face_colormap.name == UNCERTAINTY_COLORMAP
+    from napari_dkan._widgets.canvas_text import layer_text
+    from napari_dkan._widgets.layers import TITLE
+
+    # the canvas names the orange colorbar: the gene's interval width, not its expression
+    assert layer_text(layer, TITLE) == f"{dock.session.gene} · uncertainty: 90 % interval width (orange scale)"
     assert not layer.text.visible  # napari's "display text" box is unticked: no labels are drawn
     half = dock._spot_trust.halfwidth[:, panel.index(bad)]
     np.testing.assert_allclose(layer.features[bad].to_numpy(), 2 * half, rtol=1e-6)

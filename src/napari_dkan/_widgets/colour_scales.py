@@ -99,6 +99,15 @@ def describe_scale(scale: ColourScale, low: float, high: float) -> str:
     return f"z-score in this section, ±{Z_RANGE:g} SD"
 
 
+def colorbar_heading(gene: str, section: str) -> str:
+    """The colorbar title's first line(s): "ERBB2 (C2)", or the section on a line of its own when
+    that would be the widest line: napari places the colorbar beside this text from a width
+    measured in Qt's font, which the canvas's font exceeds on long lines, so a long slide name
+    ("ERBB2 (CMU-1-Small-Region)") ran over the colorbar."""
+    one = f"{gene} ({section})"
+    return one if len(one) <= len(QUANTITY) else f"{gene}\n({section})"
+
+
 def colorbar_title(gene: str, scale: ColourScale, low: float, high: float) -> str:
     """The text above the colorbar: the gene, the quantity, the scale (short lines: it sits in
     a corner of a panel)."""

@@ -50,7 +50,12 @@ from napari_dkan._widgets.section_facts import (
 from napari_dkan._widgets.section_inputs import SectionInputs
 from napari_dkan._widgets.session import Display, SpotSession
 from napari_dkan._widgets.sources import META_KEY, SectionSource, source_of_layer
-from napari_dkan._widgets.trust_view import TrustPanel, UncertaintyLayer, mark_reliability
+from napari_dkan._widgets.trust_view import (
+    TrustPanel,
+    UncertaintyLayer,
+    mark_reliability,
+    uncertainty_tip,
+)
 from napari_dkan.io.errors import DataError
 
 if TYPE_CHECKING:
@@ -70,6 +75,9 @@ class PredictionDock(QWidget):
         self.builder: LayerBuilder | None = None
         self.model: TrainedModel | None = None
         self.needs = Needs()
+        #: whether the prediction on screen read a stain-matched slide (None: nothing predicted)
+        self._shown_stain: bool | None = None
+        self._last_summary = ""
         self._build_ui()
         self.runner = JobRunner(self.progress, self.status, self.predict_button, self.cancel_button)
         self._connect()
@@ -144,6 +152,7 @@ class PredictionDock(QWidget):
         self.models.model_chosen.connect(self.choose_model)
         self.inputs.applied.connect(self.use_inputs)
         self.models.device_chosen.connect(lambda _: self._show_in_use())
+        self.models.stain.toggled.connect(self._stain_toggled)
         self.predict_button.clicked.connect(lambda: self.predict())
         self.genes.gene_chosen.connect(self.set_gene)
         self.display.display_changed.connect(self._display_changed)
@@ -221,6 +230,7 @@ class PredictionDock(QWidget):
         self.builder = LayerBuilder(self.viewer, session, slide_layer)
         self.uncertainty = UncertaintyLayer(self.viewer, self.builder)
         self._spot_trust = None
+        self._shown_stain = None
         session.gene_changed.connect(self._gene_changed)
         session.values_changed.connect(self._show_scores)
         session.display_changed.connect(self._show_scores)
@@ -334,6 +344,7 @@ class PredictionDock(QWidget):
         self.models.info.setToolTip(details)
         self._runtime = loaded.runtime
         self._show_in_use(loaded.device)
+        self._shown_stain = None  # this model has predicted nothing on screen yet
         self.models.show_stain_reference(loaded.model.run_dir)
         self._spot_trust = None
         if self.uncertainty is not None:
@@ -446,8 +457,22 @@ class PredictionDock(QWidget):
             self.builder.show_predicted_area(result.box)
         self._refresh_trust()
         self._show_scores()
-        self.status.setText(prediction_summary(result, s.n_spots))
+        self._last_summary = prediction_summary(result, s.n_spots)
+        self._shown_stain = result.stain_normalised
+        self.status.setText(self._last_summary)
+        if self.models.stain.isChecked() != result.stain_normalised:
+            self._stain_toggled(self.models.stain.isChecked())  # changed while it ran
         self._show_in_use(result.device)
+
+    def _stain_toggled(self, checked: bool) -> None:
+        """The staining box changed: the map on screen was predicted the other way until Predict."""
+        shown = self._shown_stain
+        if shown is None or self.busy:
+            return  # nothing predicted yet (or the running job sets the status when done)
+        if checked == shown:
+            self.status.setText(self._last_summary)
+        else:
+            self.status.setText(stain_change_note(checked))
 
     def cancel(self) -> None:
         """Stop the running prediction (see :meth:`JobRunner.cancel`)."""
@@ -481,13 +506,16 @@ class PredictionDock(QWidget):
         self.trust.show_domain(self._spot_trust, model)
         if s is None:
             return
+        if model is not None and self._spot_trust is not None and self._spot_trust.depth is not None:
+            self.trust.uncertainty.setToolTip(uncertainty_tip(  # the depth these intervals are for
+                model.trust.calibration, self._spot_trust.depth, s.section.name))
         self.trust.show_gene(model, s.gene)
         self.genes.set_genes(self.trust.gene_list(model, s.genes))
         if self.builder is None:
             return
         predicted = self.builder.layer("predicted")
         if predicted is not None:
-            mark_reliability(self.viewer, predicted, model, s.gene)
+            mark_reliability(self.viewer, predicted, model, s.gene, predicted=s.predicted is not None)
             half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
             predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
         if self.uncertainty is not None and self.trust.uncertainty.isChecked():
@@ -519,8 +547,12 @@ class PredictionDock(QWidget):
         if self.builder is None:
             return 1
         panels = self.builder.set_grid(enabled)
+        s = self.session
+        if s is not None:  # the canvas's UNRELIABLE label moves off the panels' titles
+            mark_reliability(self.viewer, self.builder.layer("predicted"), s.model, s.gene,
+                             predicted=s.predicted is not None)
         if enabled and panels < 2:
-            show_info("side by side needs two layers: predict first (and open measured data)")
+            show_info(side_by_side_refusal(self.session))
         return panels
 
     def flip_measured_predicted(self) -> str | None:
@@ -605,9 +637,28 @@ def prediction_summary(result: jobs.PredictResult, n_spots: int) -> str:
     where = (f"{n} of {n_spots} spots in the outlined field of view" if result.box is not None
              else f"{n} spots")
     text = f"predicted {where} {how}"
+    if result.stain_normalised:
+        text += f"; {STAIN_MATCHED}"
     if result.clipped:
         text += (f"; {result.clipped} values below 0 (not detected) shown as 0")
     return text
+
+
+def side_by_side_refusal(session: SpotSession | None) -> str:
+    """Why side by side shows one panel: a slide without measured data never gets a second."""
+    if session is not None and session.predicted is not None and session.measured is None:
+        return "no measured data on this slide: side by side compares predicted with measured"
+    return "side by side needs two layers: predict first (and open measured data)"
+
+
+#: how the status line says a prediction read the slide with its staining matched to the model's
+STAIN_MATCHED = "slide staining matched to the training slides (Reinhard)"
+
+
+def stain_change_note(checked: bool) -> str:
+    """What the status line says when the staining box changes after a prediction."""
+    return ("staining match on" if checked else "staining match off") + \
+        ": press Predict to apply it (the map still shows the previous prediction)"
 
 
 def _group(title: str, *items: Any) -> QGroupBox:

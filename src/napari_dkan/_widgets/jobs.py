@@ -228,6 +228,8 @@ class PredictResult:
     box: PixelBox | None = None
     #: predicted values below the target space's floor, shown (and exported) at the floor
     clipped: int = 0
+    #: the slide's colours were matched to the model's training slides (Reinhard) first
+    stain_normalised: bool = False
 
 
 #: sections with at least this many spots are predicted progressively (see engine.progressive)
@@ -312,7 +314,7 @@ def predict_steps(request: PredictRequest, cancel: threading.Event,
     values, clipped = clip_to_floor(values)
     expression = Expression(tuple(model.panel), values, index, target_space(model.smoothing))
     return PredictResult(model, section, expression, cached, time.perf_counter() - t0, device,
-                         trust, request.box, clipped)
+                         trust, request.box, clipped, stain_normalised=model.stain is not None)
 
 
 def _progressively(request: PredictRequest, report: Callable[..., None],

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from napari_dkan._widgets.canvas_text import set_layer_text
-from napari_dkan._widgets.colour_scales import colorbar_title, panel_title, residual_title
+from napari_dkan._widgets.colour_scales import (
+    colorbar_heading,
+    colorbar_title,
+    panel_title,
+    residual_title,
+)
 from napari_dkan._widgets.expression import COLOUR_VALUE, spot_features
 from napari_dkan._widgets.hover import spot_hover
 from napari_dkan._widgets.layer_controls import hide_colour_controls
@@ -318,7 +323,7 @@ class LayerBuilder:
                 title = panel_title(gene, "predicted − measured")
             else:
                 d = s.display
-                bar_title = colorbar_title(f"{gene} ({s.section.name})", d.scale,
+                bar_title = colorbar_title(colorbar_heading(gene, s.section.name), d.scale,
                                            d.low_percentile, d.high_percentile)
                 title = panel_title(gene, role)
                 if role == PREDICTED and s.predicted is not None and len(s.predicted) < s.n_spots:

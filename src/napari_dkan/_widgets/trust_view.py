@@ -165,11 +165,13 @@ def text_overlay(viewer: Any) -> Any:
     return overlay if overlay is not None else getattr(viewer, "text_overlay", None)
 
 
-def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None) -> None:
+def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: str | None,
+                     predicted: bool = True) -> None:
     """Fade the predicted layer of an unreliable gene and label the canvas so; undo otherwise.
 
     The layer keeps its name (scripts find layers by name); the label is napari's canvas text
-    overlay.
+    overlay, shown only once there is a prediction (``predicted``): before it the canvas shows
+    measured values, which the model's reliability says nothing about.
     """
     if layer is None:
         return
@@ -180,20 +182,24 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
     overlay = text_overlay(viewer)
     if overlay is None:
         return
-    if bad:
+    if bad and predicted:
         overlay.text = (f"{gene}: UNRELIABLE (expected r {r:.2f})" if r is not None
                         else f"{gene}: UNRELIABLE (r not measurable)")
         overlay.color = (1.0, 0.35, 0.3, 1.0)
         overlay.font_size = 12
-        overlay.position = "top_left"
+        # side by side, napari draws this text in every panel's top-left corner, over the panels'
+        # titles ("COL1A1 · measured"): below the panels there is room
+        grid = getattr(getattr(getattr(viewer, "canvas", None), "grid", None), "enabled", False)
+        overlay.position = "bottom_left" if grid else "top_left"
         overlay.visible = True
     elif ": UNRELIABLE (" in overlay.text:
         overlay.visible = False  # ours: take it down (another tool's text is left alone)
         overlay.text = ""
 
 
-def uncertainty_tip(calibration: Any) -> str:
-    """What the uncertainty layer shows, in words (and for which sequencing depth)."""
+def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = None) -> str:
+    """What the uncertainty layer shows, in words (and for which sequencing depth): before a
+    prediction the rule, after it (``depth``: the prediction's DepthProfile) the depth used."""
     tip = "width of each spot's 90 % prediction interval for the chosen gene (calibrated on held-out spots)"
     if calibration is None:
         return tip
@@ -201,8 +207,15 @@ def uncertainty_tip(calibration: Any) -> str:
         return (tip + "; calibrated before intervals knew the sequencing depth: a section sequenced "
                 "shallower than the calibration section gets intervals that are too narrow "
                 "(`napari-dkan trust` recalibrates)")
-    return (tip + "; for the section's own sequencing depth when it has counts, else the calibration "
-            f"section's (median {calibration.measurement.reference.median:.0f} panel counts per spot)")
+    reference = f"{calibration.measurement.reference.median:.0f}"
+    if depth is None:
+        return (tip + "; for the section's own sequencing depth when it has counts, else the calibration "
+                f"section's (median {reference} panel counts per spot)")
+    whose = {"measured": f"{section or 'this section'}'s own measured sequencing depth",
+             "given": "the sequencing depth you gave"}.get(
+        depth.source, "the calibration section's sequencing depth (this section has no counts)")
+    return (tip + f"; intervals for {whose}: median {depth.median:.0f} panel counts per spot "
+            f"(calibration section: {reference})")
 
 
 class UncertaintyLayer:
@@ -292,3 +305,13 @@ class UncertaintyLayer:
         colorbar = getattr(layer, "face_colorbar", None)
         if colorbar is not None:
             colorbar.visible = True
+        from napari_dkan._widgets.canvas_text import set_layer_text
+        from napari_dkan._widgets.layers import TITLE
+
+        # which of the two colorbars is this one: without it the orange bar had no name
+        set_layer_text(layer, TITLE, uncertainty_title(gene, self.level), position="top_left")
+
+
+def uncertainty_title(gene: str, level: float) -> str:
+    """The uncertainty layer's title on the canvas (it names the orange colorbar)."""
+    return f"{gene} · uncertainty: {round(100 * level)} % interval width (orange scale)"

@@ -63,6 +63,7 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
         RELIABLE_ONLY,
         UNCERTAINTY_COLORMAP,
         text_overlay,
+        uncertainty_limits,
     )
 
     dock.choose_model(str(runs["known"]))
@@ -120,6 +121,12 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert not text_overlay(viewer).visible and predicted.opacity == pytest.approx(0.9)
     np.testing.assert_allclose(layer.features[good].to_numpy(), 2 * dock._spot_trust.halfwidth[:, 0], rtol=1e-6)
     assert layer.face_color.shape[0] == len(half)
+    # the colours span the widths shown, not 0 … the largest: narrow and wide spots differ
+    widths = layer.features[good].to_numpy()
+    lo, hi = uncertainty_limits(widths)
+    assert lo == pytest.approx(np.percentile(widths, 1)) and hi == pytest.approx(np.percentile(widths, 99))
+    narrow, wide = int(np.argmin(widths)), int(np.argmax(widths))
+    assert not np.allclose(layer.face_color[narrow], layer.face_color[wide], atol=0.05)
 
     # hover: value ± half-width
     lines = hover_lines(predicted.features, 5, predicted.metadata["napari_dkan"])

@@ -297,10 +297,8 @@ class UncertaintyLayer:
             return
         values = layer.features[gene].to_numpy()
         layer.metadata[META_KEY]["gene"] = gene
-        finite = values[np.isfinite(values)]
-        hi = float(np.percentile(finite, 99)) if finite.size else 1.0
         with layer.one_redraw():
-            layer.colour_by(values, UNCERTAINTY_COLORMAP, (0.0, hi if hi > 0 else 1.0),
+            layer.colour_by(values, UNCERTAINTY_COLORMAP, uncertainty_limits(values),
                             np.isfinite(values))
         colorbar = getattr(layer, "face_colorbar", None)
         if colorbar is not None:
@@ -310,6 +308,24 @@ class UncertaintyLayer:
 
         # which of the two colorbars is this one: without it the orange bar had no name
         set_layer_text(layer, TITLE, uncertainty_title(gene, self.level), position="top_left")
+
+
+def uncertainty_limits(widths: np.ndarray) -> tuple[float, float]:
+    """Colour limits of the uncertainty layer: the 1st to 99th percentile of the widths shown.
+
+    From 0 they were unreadable where every interval is wide (a shallow section: B4's ERBB2
+    widths run 1.95–2.59, so every spot was the same orange); stretched over the range the
+    widths take, the map shows where the model is less sure, and the colorbar's ticks say
+    how wide that is.  Widths all alike fall back to 0 … their value.
+    """
+    finite = np.asarray(widths, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [1, 99]))
+    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
+        return 0.0, hi if hi > 0 else 1.0
+    return lo, hi
 
 
 def uncertainty_title(gene: str, level: float) -> str:

@@ -157,3 +157,38 @@ def test_progress_reports_are_shown_twice_a_second_at_most_the_latest_always(qtb
     runner._settle(lambda _result: runner.status.setText("predicted"), None)  # noqa: SLF001
     qtbot.wait(int(1500 * runner_module.PROGRESS_INTERVAL_S))
     assert shown == [1, 50] and runner.status.text() == "predicted"
+
+
+def test_an_unreliable_genes_label_comes_with_the_first_stage_not_the_jobs_end(
+        qtbot, viewer, dock, tiny_run_dir, monkeypatch, tmp_path, one_torch_thread):
+    """The canvas label of an unreliable gene is drawn with the first partial colours (its glyphs
+    and shader warmed when the layer was made), not as a new visual when the job ends."""
+    from napari_dkan._widgets import jobs, trust_view
+    from napari_dkan._widgets.cache import PredictionCache
+    from napari_dkan._widgets.scope import Scope
+    from napari_dkan.engine import progressive
+
+    dock.choose_model(str(tiny_run_dir))
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    label = trust_view.text_overlay(viewer)
+    assert not label.visible and label.text == ""  # the warm-up draw left nothing behind
+    monkeypatch.setattr(trust_view, "verdict", lambda r: "unreliable")  # every gene, for the test
+    monkeypatch.setattr(jobs, "PROGRESSIVE_MIN_SPOTS", 100)
+    monkeypatch.setattr(progressive, "CHUNK", 40)
+    monkeypatch.setenv("NAPARI_DKAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(dock, "cache", PredictionCache(disk=False))
+    dock.set_scope(Scope.ALL_SPOTS)
+    seen: list[tuple[bool, bool]] = []
+
+    def record(step):
+        if isinstance(step, jobs.PartialPrediction):
+            seen.append((dock.busy, label.visible and "UNRELIABLE" in label.text))
+
+    worker = dock.predict()
+    worker.yielded.connect(record)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=WAIT_MS)
+    assert len(seen) >= 3
+    # from the second stage on (the first stage's label comes one event-loop turn after it),
+    # while the job still runs, the label is up
+    assert any(busy and shown for busy, shown in seen[1:]), seen
+    assert label.visible and f"{dock.session.gene}: UNRELIABLE" in label.text

@@ -432,7 +432,11 @@ class PredictionDock(QWidget):
             if step.expression is None or s is None or self.runner.cancel_event.is_set() \
                     or step.model is not s.model or step.section is not s.section:
                 return  # cancelled, or the slide or the model changed while it ran
+            first = s.predicted is None
             s.set_prediction(step.expression)
+            if first:  # the map now shows predictions: the gene's UNRELIABLE label belongs on it,
+                # in a turn of its own (its first draw renders glyphs) rather than at the job's end
+                QTimer.singleShot(0, self._label_partial_map)
         finally:
             if step.drawn is not None:  # one thing per turn of the event loop, then the job
                 drawn = step.drawn  # the canvas's repaint (a posted event) comes first
@@ -443,6 +447,12 @@ class PredictionDock(QWidget):
                     QTimer.singleShot(0, drawn.set)
 
                 QTimer.singleShot(0, show_progress)
+
+    def _label_partial_map(self) -> None:
+        s = self.session
+        predicted = None if self.builder is None else self.builder.layer("predicted")
+        if s is not None and s.predicted is not None and predicted is not None:
+            mark_reliability(self.viewer, predicted, s.model, s.gene, predicted=True)
 
     def _predicted(self, result: jobs.PredictResult) -> None:
         s = self.session

@@ -3,8 +3,8 @@ and the uncertainty layer (bundled model, HER2ST section C4).
 
     xvfb-run -a python scripts/trust_screenshot.py --data ../shared/data/her2st -o docs/trust.png
 
-Left: ERBB2 (reliable), its prediction over the slide.  Right: TAPBP (unreliable: its layer is
-named so and faded) with the uncertainty layer (90 % interval width) shown.
+Left: COX6C (reliable), its prediction over the slide.  Right: COL1A1 (unreliable: its layer is
+faded and the canvas says so) with the uncertainty layer (90 % interval width) shown.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data/her2st"))
     ap.add_argument("--section", default="C4")
-    ap.add_argument("--genes", nargs=2, default=["ERBB2", "TAPBP"])
+    ap.add_argument("--genes", nargs=2, default=["COX6C", "COL1A1"])
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/trust.png"))
     args = ap.parse_args()
 

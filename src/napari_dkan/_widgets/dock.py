@@ -436,7 +436,7 @@ class PredictionDock(QWidget):
             s.set_prediction(step.expression)
             if first:  # the map now shows predictions: the gene's UNRELIABLE label belongs on it,
                 # in a turn of its own (its first draw renders glyphs) rather than at the job's end
-                QTimer.singleShot(0, self._label_partial_map)
+                QTimer.singleShot(0, self._mark_reliability)
         finally:
             if step.drawn is not None:  # one thing per turn of the event loop, then the job
                 drawn = step.drawn  # the canvas's repaint (a posted event) comes first
@@ -448,11 +448,13 @@ class PredictionDock(QWidget):
 
                 QTimer.singleShot(0, show_progress)
 
-    def _label_partial_map(self) -> None:
+    def _mark_reliability(self) -> None:
+        """Fade and label the predicted layer by the chosen gene's reliability (the label only
+        over predictions; see :func:`~napari_dkan._widgets.trust_view.mark_reliability`)."""
         s = self.session
-        predicted = None if self.builder is None else self.builder.layer("predicted")
-        if s is not None and s.predicted is not None and predicted is not None:
-            mark_reliability(self.viewer, predicted, s.model, s.gene, predicted=True)
+        if s is not None and self.builder is not None:
+            mark_reliability(self.viewer, self.builder.layer("predicted"), s.model, s.gene,
+                             predicted=s.predicted is not None)
 
     def _predicted(self, result: jobs.PredictResult) -> None:
         s = self.session
@@ -525,7 +527,7 @@ class PredictionDock(QWidget):
             return
         predicted = self.builder.layer("predicted")
         if predicted is not None:
-            mark_reliability(self.viewer, predicted, model, s.gene, predicted=s.predicted is not None)
+            self._mark_reliability()
             half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
             predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
         if self.uncertainty is not None and self.trust.uncertainty.isChecked():
@@ -557,10 +559,7 @@ class PredictionDock(QWidget):
         if self.builder is None:
             return 1
         panels = self.builder.set_grid(enabled)
-        s = self.session
-        if s is not None:  # the canvas's UNRELIABLE label moves off the panels' titles
-            mark_reliability(self.viewer, self.builder.layer("predicted"), s.model, s.gene,
-                             predicted=s.predicted is not None)
+        self._mark_reliability()  # the canvas's UNRELIABLE label moves off the panels' titles
         if enabled and panels < 2:
             show_info(side_by_side_refusal(self.session))
         return panels

@@ -238,7 +238,9 @@ class LayerBuilder:
         layer.face_colorbar.visible = True
         # the canvas label of an unreliable gene (trust_view.mark_reliability) first shows with a
         # prediction's first colours: its shader and glyphs too (~0.15 s), unless drawn here
-        label = getattr(self.viewer, "text_overlay", None)
+        from napari_dkan._widgets.trust_view import text_overlay
+
+        label = text_overlay(self.viewer)
         warm_label = label is not None and not label.visible and not label.text
         if warm_label:
             label.text, label.font_size, label.visible = GLYPHS, 12, True

@@ -47,7 +47,7 @@ class PredictionKey:
     def of(cls, model: TrainedModel, section: Section) -> PredictionKey:
         from napari_dkan.features.registry import resolve_encoder
 
-        weights = model.config.get("files", {}).get("model.safetensors", "")
+        weights = model.weights_sha256
         stain = f"|{model.stain.identity}" if model.stain is not None else ""  # off: keys as before
         return cls(
             model=f"{Path(model.run_dir).resolve()}|{weights}{stain}",

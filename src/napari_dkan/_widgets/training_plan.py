@@ -124,8 +124,10 @@ def run_training_settings(run_dir: str | Path | None) -> dict[str, Any] | None:
     """A run's training settings from its ``config.json`` (None when it has none): cheap, no torch."""
     if not run_dir:
         return None
+    from napari_dkan.engine.ensemble_folder import fine_tune_member
+
     path = Path(run_dir).expanduser()
-    path = path if path.is_dir() else path.parent
+    path = fine_tune_member(path) or (path if path.is_dir() else path.parent)
     try:
         return dict(json.loads((path / "config.json").read_text())["training"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -269,6 +271,10 @@ def _load_base(request: TrainingRequest, problems: list[str]) -> TrainedModel | 
             problems.append("choose the base model: a trained run's folder (or its config.json)")
             return None
         path = Path(request.base_run or "")
+    from napari_dkan.engine.ensemble_folder import fine_tune_member
+
+    # an ensemble (the bundled model is one) is fine-tuned through its DKAN member
+    path = fine_tune_member(path) or path
     try:
         base = TrainedModel.load(path)
     except DataError as exc:

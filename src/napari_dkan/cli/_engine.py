@@ -1,4 +1,4 @@
-"""``napari-dkan train | cv | evaluate | predict | trust``: the training and evaluation engine."""
+"""``napari-dkan train | cv | evaluate | predict | trust | ensemble``: the training and evaluation engine."""
 
 from __future__ import annotations
 
@@ -131,6 +131,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     add_json_flag(p)
     p.set_defaults(func=cmd_trust)
+
+    p = sub.add_parser("ensemble", help="combine trained runs into one ensemble run folder",
+                       description="Write a run folder whose prediction is the weighted mean of its members' "
+                       "(run folders, copied in; same gene panel, image features and target). With --cv the "
+                       "arguments are cross-validation folders, and each fold finished in all of them becomes "
+                       "an ensemble fold: the ensemble's own cross-validation, for `napari-dkan trust --cv`. "
+                       "Attach the ensemble's trust files with `napari-dkan trust DATA --model OUT`.")
+    p.add_argument("members", nargs="+", type=Path, help="run folders (with --cv: cross-validation folders)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="new folder for the ensemble")
+    p.add_argument("--weights", nargs="+", type=float, help="one positive weight per member (default: equal)")
+    p.add_argument("--name", help="a short name recorded in the ensemble's config")
+    p.add_argument("--cv", action="store_true", help="the members are cross-validation folders (fold-*/)")
+    p.add_argument("--dataset", help="with --cv: score each ensemble fold on its held-out section of this "
+                   "dataset and write the ensemble's cv.json (its metrics and per-gene r per fold)")
+    p.add_argument("--device", default="auto")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_ensemble)
 
 
 def _spec(args: argparse.Namespace):  # noqa: ANN202
@@ -440,6 +457,35 @@ def cmd_trust(args: argparse.Namespace) -> int:
             f"{dom.threshold:.2f} (held out: "
             + ", ".join(f"{k} {v:.2f}" for k, v in dom.held_out.items()) + ")")
     emit(args, payload, text)
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from napari_dkan.engine.ensemble import build_ensemble, ensemble_cv
+    from napari_dkan.io.errors import DataError
+
+    if args.dataset and not args.cv:
+        raise DataError("--dataset scores an ensemble's cross-validation: it goes with --cv")
+    if args.cv:
+        folds = ensemble_cv(args.members, args.output, args.weights, args.name)
+        payload: dict[str, Any] = {"output": str(args.output), "folds": folds}
+        text = f"{len(folds)} ensemble folds ({', '.join(folds)}) → {args.output}"
+        if args.dataset:
+            from napari_dkan.engine.cv import score_kept_folds
+            from napari_dkan.io.formats import open_dataset
+
+            result = score_kept_folds(args.output, open_dataset(args.dataset), device=args.device)
+            payload.update(result.to_dict())
+            text += "\n" + _table(result.report.folds, result.report.mean, result.report.std)
+        emit(args, payload, text)
+        return 0
+    model = build_ensemble(args.members, args.output, args.weights, args.name)
+    info = model.describe()
+    emit(args, info, f"ensemble of {len(info['members'])} runs ("
+         + ", ".join(f"{m['model']} ×{m['weight']:.2f}" for m in info["members"])
+         + f"; {info['parameters']:,} parameters) → {args.output}; calibration sections: "
+         + (", ".join(model.config["training"]["val_sections"]) or "none (no section was validation for every "
+            "member and training for none)"))
     return 0
 
 

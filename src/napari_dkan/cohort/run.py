@@ -89,12 +89,11 @@ def predict_cohort(
     only when some slide needs predicting (default: a local cluster).  ``on_outcome(outcome,
     finished, total)`` is called for each skipped slide and as each task finishes.
     """
-    from napari_dkan.engine.trainer import MODEL_FILE
 
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    sha = model.config["files"][MODEL_FILE]
+    sha = model.weights_sha256
     for tmp in stale_temporaries(out, list(entries)):  # left by a run that was killed
         tmp.unlink(missing_ok=True)
     todo, outcomes = plan(entries, out, sha, model.panel)

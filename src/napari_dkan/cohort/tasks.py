@@ -52,14 +52,13 @@ def worker_model(run_dir: str, weights_sha256: str) -> tuple[Any, bool]:
     """The trained model, loaded once per worker process (tasks of one worker share it), and
     whether this call loaded it."""
     from napari_dkan.engine.runs import TrainedModel
-    from napari_dkan.engine.trainer import MODEL_FILE
 
     key = (str(Path(run_dir).resolve()), weights_sha256)
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key], False
         model = TrainedModel.load(run_dir)
-        if model.config["files"][MODEL_FILE] != weights_sha256:
+        if model.weights_sha256 != weights_sha256:
             raise DataError(f"the model in {run_dir} changed while the cohort was being predicted; "
                             "rerun to predict every slide with the same weights")
         _MODELS[key] = model

@@ -238,3 +238,48 @@ def add_coverage(rep: Report, model: TrainedModel, folds: Sequence[Fold],
         values = np.array([r[key] for r in rep.folds])
         rep.mean[key] = float(values.mean())
         rep.std[key] = float(values.std())
+
+
+def score_kept_folds(cv_dir: str | Path, dataset: Dataset, device: str = "auto",
+                     on_status: StatusCallback | None = None) -> CVResult:
+    """Score a folder of kept leave-one-section-out fold models (``fold-X/``, e.g. an ensemble's
+    cross-validation built from other ones): each fold model predicts its own held-out section
+    X, scored as :func:`cross_validate` scores it; writes ``cv.json`` (per-gene r per fold
+    included) into ``cv_dir``."""
+    from napari_dkan.engine import checkpoint as ckpt
+
+    t0 = time.perf_counter()
+    cv_dir = Path(cv_dir)
+    fold_dirs = sorted(p for p in cv_dir.glob("fold-*") if p.is_dir())
+    if not fold_dirs:
+        raise DataError(f"no fold-* run folders in {cv_dir}")
+    names = [p.name.removeprefix("fold-") for p in fold_dirs]
+    unknown = [n for n in names if n not in dataset.section_names]
+    if unknown:
+        raise DataError(f"fold(s) {', '.join(unknown)} of {cv_dir} are not sections of {dataset.root}: only "
+                        "leave-one-section-out folders can be scored after the fact")
+    data, preds, info, panel, kind, protocol = {}, {}, [], None, "", ""
+    for k, (name, fold_dir) in enumerate(zip(names, fold_dirs)):
+        if on_status:
+            on_status(f"fold {name}", k, len(names))
+        model = TrainedModel.load(fold_dir)
+        if name in model.seen_sections:
+            raise DataError(f"{fold_dir} trained or selected on {name}, the section it should hold out")
+        if panel is not None and model.panel != panel:
+            raise DataError(f"{fold_dir} predicts another gene panel than the other folds")
+        panel, kind, protocol = model.panel, model.kind, model.protocol
+        data[name] = model.section_data(dataset[name], with_targets=True, device=device)
+        preds[name] = model.predict(data[name], device=device)
+        tr = model.config["training"]
+        info.append({"train_sections": list(tr.get("train_sections") or []),
+                     "val_sections": list(tr.get("val_sections") or []), "parameters": model.n_parameters})
+    assert panel is not None
+    folds = make_folds(names, {n: dataset[n].patient for n in names}, "sections")
+    rep = score_sections(preds, data, folds, panel)
+    gene_pcc = {f.name: _nan_to_none(FoldScores(f.name, [score_slide(n, preds[n], data[n].y) for n in f.test]).pcc)
+                for f in folds}
+    by_fold = dict(zip(names, info))
+    result = CVResult(rep, kind, protocol, time.perf_counter() - t0, list(panel),
+                      [by_fold[f.test[0]] for f in folds], gene_pcc)
+    ckpt.write_json(cv_dir / CV_FILE, result.to_dict(genes=True))
+    return result

@@ -465,6 +465,10 @@ class TrainedModel:
         config = ckpt.read_json(cfg_path)
         if config.get("format") != FORMAT:
             raise ckpt.CheckpointError(f"{cfg_path} is not a {FORMAT} config")
+        if config.get("model") == "ensemble":
+            from napari_dkan.engine.ensemble import EnsembleModel
+
+            return EnsembleModel.load(run_dir)
         from napari_dkan.engine.run_schema import check_run_config
 
         check_run_config(config, cfg_path)
@@ -489,6 +493,11 @@ class TrainedModel:
     @property
     def protocol(self) -> str:
         return self.config.get("protocol", "")
+
+    @property
+    def weights_sha256(self) -> str:
+        """The identity of the weights (cache keys: a prediction is reused only for the same weights)."""
+        return self.config["files"][MODEL_FILE]
 
     @property
     def trust(self) -> Any:

@@ -209,8 +209,8 @@ Transcriptomics, 100 µm spots 200 µm apart. Both members: training sections
 {', '.join(tr['train_sections'])}; checkpoint selection on {', '.join(tr['val_sections'])}
 (best validation PCC {res['dkan-improved'].get('best_val_pcc') or float('nan'):.3f} at epoch
 {res['dkan-improved'].get('best_epoch')} for `dkan-improved`, {res['triplex'].get('best_val_pcc') or float('nan'):.3f}
-at epoch {res['triplex'].get('best_epoch')} for `triplex`). The HER2ST data carry no explicit
-licence: cite the paper.
+at epoch {res['triplex'].get('best_epoch')} for `triplex`).
+The HER2ST data carry no explicit licence: cite the paper.
 
 **Gene panel.** The 250 genes with the highest mean raw count over all 36 HER2ST sections
 (identical to the DKAN/TRIPLEX HER2+ panel).
@@ -240,8 +240,9 @@ dominates MAE/MSE.
 **How far it carries to an unseen section.** In the same folds, a ridge regression on six colour
 statistics of the spot's 224-px crop (mean and standard deviation of R, G and B) reaches
 PCC-ALL 0.264 ± 0.052, and **0.361 on B4** — the only section from another patient, where this
-ensemble reaches {cv['folds'][0]['PCC-ALL']:.3f}: on a new patient much of what any of these models
-predicts is the tumour-versus-stroma colour axis. Its maps of different genes are still more alike
+ensemble reaches {cv['folds'][0]['PCC-ALL']:.3f}, below that colour-only model (`dkan-improved`
+alone: 0.374): on a new patient much of what any of these models predicts is the
+tumour-versus-stroma colour axis. Its maps of different genes are still more alike
 than measured ones: mean |r| between two genes' predicted maps {m['GENE-R-PRED']:.2f} against
 {m['GENE-R-TRUE']:.2f} measured, {m['PCS90-PRED']:.1f} principal components for 90 % of the predicted
 expression against {m['PCS90-TRUE']:.1f} measured (`dkan-improved` alone: 0.71 and 2.2).
@@ -252,8 +253,8 @@ For a slide from a new patient, lab or scanner try `--stain-normalise` (the dock
 **Limits.** Breast cancer (HER2+) only; legacy-ST resolution (100 µm spots, each covering
 tens of cells); an ImageNet image encoder; five sections from two patients. Predictions are
 smoothed estimates of relative expression, not measurements. **Not a diagnostic device**:
-do not use it for clinical decisions. Fine-tune a member on your own Visium data (training dock
-or `napari-dkan train --base …/members/00-dkan-improved`) before drawing conclusions about your
+do not use it for clinical decisions. Fine-tune it on your own Visium data (the training dock
+fine-tunes its DKAN member, `members/00-dkan-improved`) before drawing conclusions about your
 tissue.
 """
 

@@ -24,14 +24,23 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_shipped_files_are_safetensors_and_json_within_25_mb():
-    names = {p.name for p in MODEL_DIR.iterdir()}
-    assert {"config.json", "model.safetensors", "gene_text.safetensors", "MODEL_CARD.md", "metrics.json"} <= names
+def test_shipped_files_are_safetensors_and_json_within_40_mb():
+    files = [p for p in MODEL_DIR.rglob("*") if p.is_file()]
+    names = {p.relative_to(MODEL_DIR).as_posix() for p in files}
+    assert {"config.json", "MODEL_CARD.md", "metrics.json", "reliability.json", "calibration.safetensors",
+            "domain.safetensors", "stain.json"} <= names
     assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".ckpt"))], "no pickles"
-    assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) <= 25e6
+    assert {p.suffix for p in files} <= {".json", ".safetensors", ".md"}
+    assert sum(p.stat().st_size for p in files) <= 40e6
+    # the DKAN + TRIPLEX ensemble of issue 13: two compact networks on one image encoder
     config = json.loads((MODEL_DIR / "config.json").read_text())
-    assert config["model"] in {"dkan", "dkan-improved"} and config["preset"] == "compact"
-    assert config["features"]["encoder"] == "efficientnet-lite0-imagenet"
+    assert config["model"] == "ensemble" and config["features"]["encoder"] == "efficientnet-lite0-imagenet"
+    members = [json.loads((MODEL_DIR / m["dir"] / "config.json").read_text()) for m in config["members"]]
+    assert [(m["model"], m["preset"]) for m in members] == [("dkan-improved", "compact"), ("triplex", "compact")]
+    assert [m["weight"] for m in config["members"]] == [0.5, 0.5]
+    for m in members:  # both members trained on the same split, so the ensemble's calibration section is held out
+        assert m["training"]["train_sections"] == config["training"]["train_sections"]
+        assert m["training"]["val_sections"] == config["training"]["val_sections"]
     assert sorted(config["training"]["train_sections"] + config["training"]["val_sections"]) == [
         "B4", "C2", "C3", "C4", "C5"]
 
@@ -41,6 +50,7 @@ def test_model_card_states_data_metrics_and_limits():
     metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
     assert [f["fold"] for f in metrics["folds"]] == ["B4", "C2", "C3", "C4", "C5"]
     assert f"{metrics['mean']['PCC-ALL']:.3f} ± {metrics['std']['PCC-ALL']:.3f}" in card
+    assert "ensemble" in card and "TRIPLEX" in card
     for words in ("HER2ST", "Andersson", "no explicit licence", "cite the paper", "Not a diagnostic device",
                   "Breast cancer", "efficientnet-lite0-imagenet", "all-MiniLM-L6-v2"):
         assert words in card, words

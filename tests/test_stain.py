@@ -181,7 +181,7 @@ def test_prediction_cache_key_of_the_dock_follows_the_option(c2, tmp_path):
     from napari_dkan._widgets.cache import PredictionKey
 
     class _Model:  # what PredictionKey reads of a TrainedModel
-        run_dir, config, stain = tmp_path, {"files": {"model.safetensors": "abc"}}, None
+        run_dir, weights_sha256, stain = tmp_path, "abc", None
 
         class features:  # noqa: N801
             encoder = "tiny"

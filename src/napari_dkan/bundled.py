@@ -15,7 +15,7 @@ from napari_dkan.io.errors import DataError
 if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
 
-MODEL_DIR = Path(__file__).parent / "models" / "dkan-compact-her2st"
+MODEL_DIR = Path(__file__).parent / "models" / "dkan-triplex-her2st"
 
 
 def default_model_path() -> Path | None:

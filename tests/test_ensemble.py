@@ -188,3 +188,14 @@ def test_fine_tuning_an_ensemble_starts_from_its_dkan_member(members, tmp_path):
     assert fine_tune_member(members["dkan"]) is None
     with pytest.raises(DataError, match="fine-tune a member"):
         ens.state_dict()
+
+
+def test_the_dock_names_an_ensemble_and_its_networks(members, tmp_path):
+    from napari_dkan._widgets.dock import describe_model
+    from napari_dkan.engine.ensemble import build_ensemble
+
+    ens = build_ensemble([members["dkan"], members["ridge_c3"]], tmp_path / "ens", weights=[3, 1])
+    text, tooltip = describe_model(ens.describe())
+    assert text.startswith("ensemble of DKAN + ridge · ") and "learned from sections C3" in text
+    assert "dkan (tiny preset), weight 0.75" in tooltip and "ridge, weight 0.25" in tooltip
+    assert "text encoder" in tooltip  # the DKAN member reads gene texts

@@ -84,11 +84,12 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert f"{bad} — expected r 0.02 ± 0.05 on unseen sections: unreliable" in dock.trust.gene_line.text()
     assert text_overlay(viewer).visible
     assert text_overlay(viewer).text == f"{bad}: UNRELIABLE (expected r 0.02)"
-    assert text_overlay(viewer).position == "top_left"
-    dock.set_side_by_side(True)  # side by side: off the panels' titles, which sit top left
+    # off the layers' titles (top left, in every panel side by side) and the colorbars (top right)
+    assert text_overlay(viewer).position == "bottom_left"
+    dock.set_side_by_side(True)
     assert text_overlay(viewer).position == "bottom_left" and text_overlay(viewer).visible
     dock.set_side_by_side(False)
-    assert text_overlay(viewer).position == "top_left"
+    assert text_overlay(viewer).position == "bottom_left" and text_overlay(viewer).visible
     assert predicted.opacity == pytest.approx(0.35) and predicted.name == "C3 · predicted"
 
     # C3 trained this model: the section notice and every score say so

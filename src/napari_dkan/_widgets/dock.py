@@ -627,15 +627,29 @@ class PredictionDock(QWidget):
 def describe_model(info: dict[str, Any]) -> tuple[str, str]:
     """The model in a pathologist's words, and the technical detail for a tooltip."""
     name = str(info.get("model", "model"))
-    kind = "DKAN model" if name.startswith("dkan") else f"{name} model"
+    members = info.get("members") or []
+
+    def family(model: str) -> str:
+        return "DKAN" if model.startswith("dkan") else "TRIPLEX" if model == "triplex" else model
+
+    if members:
+        kind = "ensemble of " + " + ".join(family(str(m["model"])) for m in members)
+    else:
+        kind = "DKAN model" if name.startswith("dkan") else f"{name} model"
     trained = info.get("trained_on") or []
     text = f"{kind} · {info['genes']} genes"
     if trained:
         text += f" · learned from sections {', '.join(map(str, trained))}"
-    details = [f"network: {name}" + (f" ({info['preset']} preset)" if info.get("preset") else ""),
-               f"image encoder {info['image_encoder']} (turns tissue tiles into features)"]
-    if info.get("text_encoder"):
-        details.append(f"text encoder {info['text_encoder']} (reads the genes' descriptions)")
+    if members:
+        details = ["the mean of its networks' predictions, weighted:"] + [
+            f"  {m['model']}" + (f" ({m['preset']} preset)" if m.get("preset") else "")
+            + f", weight {m['weight']:.2f}, {m['parameters']:,} parameters" for m in members]
+    else:
+        details = [f"network: {name}" + (f" ({info['preset']} preset)" if info.get("preset") else "")]
+    details.append(f"image encoder {info['image_encoder']} (turns tissue tiles into features)")
+    text_encoders = [info.get("text_encoder")] + [m.get("text_encoder") for m in members]
+    for enc in dict.fromkeys(t for t in text_encoders if t):
+        details.append(f"text encoder {enc} (reads the genes' descriptions)")
     return text, "\n".join(details)
 
 

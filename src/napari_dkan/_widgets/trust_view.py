@@ -187,10 +187,10 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
                         else f"{gene}: UNRELIABLE (r not measurable)")
         overlay.color = (1.0, 0.35, 0.3, 1.0)
         overlay.font_size = 12
-        # side by side, napari draws this text in every panel's top-left corner, over the panels'
-        # titles ("COL1A1 · measured"): below the panels there is room
-        grid = getattr(getattr(getattr(viewer, "canvas", None), "grid", None), "enabled", False)
-        overlay.position = "bottom_left" if grid else "top_left"
+        # bottom left, always: the top left holds the layers' titles ("COL1A1 · measured", in
+        # every panel side by side) and the top right the colorbars, under which a long label
+        # ran on a narrow canvas
+        overlay.position = "bottom_left"
         overlay.visible = True
     elif ": UNRELIABLE (" in overlay.text:
         overlay.visible = False  # ours: take it down (another tool's text is left alone)

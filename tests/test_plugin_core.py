@@ -349,3 +349,28 @@ def test_side_by_side_refusal_says_a_slide_without_measured_data_has_none():
     assert "no measured data" in side_by_side_refusal(bare)
     assert "predict first" in side_by_side_refusal(SimpleNamespace(predicted=None, measured=object()))
     assert "predict first" in side_by_side_refusal(None)
+
+
+def test_a_new_model_opens_on_its_first_gene_that_is_not_unreliable(session, model, tmp_path):
+    import shutil
+
+    from napari_dkan.engine.reliability import from_folds
+    from napari_dkan.engine.runs import TrainedModel
+
+    run = tmp_path / "run"
+    shutil.copytree(model.run_dir, run)
+    panel = model.panel
+    r = np.full(len(panel), 0.5)
+    r[:2] = 0.02  # the panel's first two genes are unreliable
+    from_folds(panel, {"B4": r, "C2": r}, "test protocol").save(run / "reliability.json")
+    session.set_model(TrainedModel.load(run), None)
+    assert session.gene == panel[2]
+    # a gene the user chose is kept, reliable or not
+    session.set_gene(panel[0])
+    session.set_model(TrainedModel.load(run), None)
+    assert session.gene == panel[0]
+    # without reliability (older runs): the panel's first gene, as before
+    (run / "reliability.json").unlink()
+    other = SpotSession(session.source, session.section)
+    other.set_model(TrainedModel.load(run), None)
+    assert other.gene == panel[0]

@@ -142,11 +142,19 @@ class SpotSession:
             self.display_changed.emit()
 
     def _keep_gene(self) -> bool:
-        """Keep the current gene if the panel has it, else take the panel's first (→ changed)."""
+        """Keep the current gene if the panel has it, else take the panel's first one that the
+        model's reliability does not call unreliable (→ changed): a first look should not open on
+        a gene whose map is noise."""
         genes = self.genes
         if self.gene in genes:
             return False
         self.gene = genes[0] if genes else None
+        rel = None if self.model is None else self.model.trust.reliability
+        if rel is not None:
+            from napari_dkan.engine.reliability import verdict
+
+            self.gene = next((g for g in genes if g in rel.genes and verdict(rel.of(g)) != "unreliable"),
+                             self.gene)
         return True
 
     # -- values for the current gene -------------------------------------------------------

@@ -113,7 +113,7 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     from napari_dkan._widgets.layers import TITLE
 
     # the canvas names the orange colorbar: the gene's interval width, not its expression
-    assert layer_text(layer, TITLE) == f"{dock.session.gene} · uncertainty: 90 % interval width"
+    assert layer_text(layer, TITLE) == f"{dock.session.gene} · 90 % interval width"
     assert not layer.text.visible  # napari's "display text" box is unticked: no labels are drawn
     half = dock._spot_trust.halfwidth[:, panel.index(bad)]
     np.testing.assert_allclose(layer.features[bad].to_numpy(), 2 * half, rtol=1e-6)

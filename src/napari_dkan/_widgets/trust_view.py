@@ -330,4 +330,4 @@ def uncertainty_limits(widths: np.ndarray) -> tuple[float, float]:
 
 def uncertainty_title(gene: str, level: float) -> str:
     """The uncertainty layer's title on the canvas (it names the orange colorbar)."""
-    return f"{gene} · uncertainty: {round(100 * level)} % interval width"
+    return f"{gene} · {round(100 * level)} % interval width"

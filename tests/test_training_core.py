@@ -245,3 +245,31 @@ def test_frozen_heap_keeps_the_collector_off_existing_objects_and_gives_them_bac
     except RuntimeError:
         pass
     assert gc.get_freeze_count() == 0
+
+
+def test_fine_tuning_a_bundled_ensemble_fine_tunes_its_dkan_member(her2st, her2st_dataset, base_run, tmp_path,
+                                                                    monkeypatch):
+    """The bundled model is an ensemble (DKAN + TRIPLEX): the dock fine-tunes its DKAN member,
+    and the new run's ancestry names that member, inside the ensemble."""
+    from napari_dkan import bundled
+    from napari_dkan.engine.data import FeatureSpec
+    from napari_dkan.engine.ensemble import build_ensemble
+    from napari_dkan.engine.runs import RunSpec, TrainedModel, prepare_sections, train_model
+    from napari_dkan.engine.trainer import TrainSettings
+
+    dkan = TrainedModel.load(base_run)
+    spec = RunSpec(model="ridge", preset="tiny", features=FeatureSpec(encoder="tiny"), settings=TrainSettings(device="cpu"))
+    data = prepare_sections([her2st_dataset["C3"]], spec, dkan.panel)
+    ridge = train_model(data, ["C3"], ["C3"], spec, dkan.panel, tmp_path / "ridge")
+    ensemble = build_ensemble([ridge.run_dir, base_run], tmp_path / "bundled")
+    monkeypatch.setattr(bundled, "default_model_path", lambda: ensemble.run_dir)
+
+    request = _request(tmp_path, her2st, base=BaseChoice.BUNDLED, base_run=None, epochs=1)
+    result = check_request(request)
+    assert result.ok, result.problems
+    assert result.plan.base.kind == "dkan" and result.plan.base.run_dir.parent.parent == ensemble.run_dir
+    outcome = run_to_end(training_steps(request, threading.Event()), lambda _: None)
+    assert outcome.status == "finished"
+    tuned = TrainedModel.load(outcome.run_dir)
+    assert tuned.config["fine_tuned_from"] == str(result.plan.base.run_dir)
+    assert tuned.seen_sections["C3"] == "training"  # the member's own training section, by ancestry

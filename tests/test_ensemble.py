@@ -126,11 +126,27 @@ def test_an_ensemble_calibrates_only_on_sections_no_member_trained_on(members, h
     # the tiny DKAN validated on its own training section: not a calibration section either
     assert build_ensemble([members["dkan"], members["ridge_c3"]],
                           tmp_path / "mixed").config["training"]["val_sections"] == []
+    assert not (crossed.run_dir / "domain.safetensors").exists()  # the members' training data differ
+    # a member fine-tuned from a base that trained on C4: C4 is no calibration section either
+    tuned = tmp_path / "tuned"
+    shutil.copytree(members["ridge_c3"], tuned)
+    cfg = json.loads((tuned / "config.json").read_text())
+    cfg["ancestry"] = [{"run": "base", "train_sections": ["C4"], "val_sections": ["C5"]}]
+    (tuned / "config.json").write_text(json.dumps(cfg))
+    with_base = build_ensemble([members["ridge_c3"], tuned], tmp_path / "with-base")
+    assert with_base.config["training"]["val_sections"] == []
+    assert with_base.seen_sections == {"C4": "training", "C3": "training", "C5": "validation"}
     # two members validated on C4, trained on C3: C4 calibrates the ensemble's own prediction
     twin = tmp_path / "twin"
     shutil.copytree(members["ridge_c3"], twin)
     ens = build_ensemble([members["ridge_c3"], twin], tmp_path / "ens")
     assert ens.config["training"] == {"train_sections": ["C3"], "val_sections": ["C4"]}
+    # the files that depend only on the (shared) training data hold for the ensemble at once
+    assert (members["ridge_c3"] / "domain.safetensors").is_file()
+    for name in ("domain.safetensors", "stain.json"):
+        if (members["ridge_c3"] / name).is_file():
+            assert (ens.run_dir / name).read_bytes() == (members["ridge_c3"] / name).read_bytes(), name
+    assert ens.trust.domain is not None and ens.trust.calibration is None
     trust = attach_from_dataset(ens, her2st_dataset, device="cpu")
     assert trust.calibration is not None and trust.calibration.sections == ["C4"]
     for name in ("calibration.safetensors", "reliability.json", "domain.safetensors"):

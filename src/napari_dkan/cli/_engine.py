@@ -485,7 +485,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
          + ", ".join(f"{m['model']} ×{m['weight']:.2f}" for m in info["members"])
          + f"; {info['parameters']:,} parameters) → {args.output}; calibration sections: "
          + (", ".join(model.config["training"]["val_sections"]) or "none (no section was validation for every "
-            "member and training for none)"))
+            "member and training for none)")
+         + f"\nnext: napari-dkan trust DATASET --model {args.output} [--cv ENSEMBLE_CV] writes its reliability "
+           "and calibration")
     return 0
 
 

@@ -50,16 +50,22 @@ def _same(members: Sequence[TrainedModel], what: str, get: Callable[[TrainedMode
 
 
 def _sections(members: Sequence[TrainedModel]) -> tuple[list[str], list[str]]:
-    """Training sections (any member's) and validation sections (every member's, no member's
-    training section)."""
+    """Training sections (any member's) and validation sections (every member's own, and no
+    member's — nor any ancestor's — training section)."""
     train: dict[str, None] = {}
     for m in members:
         for n in m.config["training"].get("train_sections") or []:
             train.setdefault(n)
+    trained = {n for m in members for n, role in m.seen_sections.items() if role == "training"}
     vals = [set(m.config["training"].get("val_sections") or []) for m in members]
     first = list(members[0].config["training"].get("val_sections") or [])
-    val = [n for n in first if all(n in v for v in vals) and n not in train]
+    val = [n for n in first if all(n in v for v in vals) and n not in trained]
     return list(train), val
+
+
+#: trust files that depend only on the training data (image features, staining): members trained
+#: on the same sections carry identical ones, which then hold for the ensemble as they are
+SHARED_TRUST_FILES = ("stain.json", "domain.safetensors")
 
 
 def build_ensemble(members: Sequence[str | Path | TrainedModel], out: str | Path,
@@ -103,6 +109,10 @@ def build_ensemble(members: Sequence[str | Path | TrainedModel], out: str | Path
                         "train_sections": list(m.config["training"].get("train_sections") or []),
                         "val_sections": list(m.config["training"].get("val_sections") or []),
                         "protocol": m.protocol})
+    for name in SHARED_TRUST_FILES:
+        paths = [Path(m.run_dir) / name for m in loaded]
+        if all(p.is_file() for p in paths) and len({ckpt.sha256(p) for p in paths}) == 1:
+            shutil.copy2(paths[0], out / name)
     first = loaded[0].config
     config = {
         "format": FORMAT, "model": KIND, "name": name or " + ".join(m.kind for m in loaded),
@@ -157,6 +167,16 @@ class EnsembleModel(TrainedModel):
             raise ckpt.CheckpointError(f"the members of {self.run_dir} predict another gene panel than its config lists")
         _same(members, "image features", lambda m: m.features.to_dict())
         self.members = members
+
+    @property
+    def seen_sections(self) -> dict[str, str]:
+        """Every section a member (or a member's ancestor) trained or selected on."""
+        out: dict[str, str] = {}
+        for m in self.members:
+            for name, role in m.seen_sections.items():
+                if role == "training" or name not in out:
+                    out[name] = role
+        return out
 
     @property
     def needs(self) -> Needs:

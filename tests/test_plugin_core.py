@@ -104,10 +104,14 @@ def test_reader_opens_an_h5ad_section(c2, tmp_path):
 
 # -- session --------------------------------------------------------------------------------------
 class _Model:
-    """What the session needs of a model: a panel (tests without the engine)."""
+    """What the session needs of a model: a panel and its trust files, here none (tests without
+    the engine)."""
 
     def __init__(self, panel):
+        from napari_dkan.engine.trust import Trust
+
         self.panel = list(panel)
+        self.trust = Trust(None, None, None)
 
 
 def test_session_shares_limits_scores_and_keeps_the_gene(session):

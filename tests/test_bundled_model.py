@@ -32,12 +32,13 @@ def test_shipped_files_are_safetensors_and_json_within_40_mb():
     assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".ckpt"))], "no pickles"
     assert {p.suffix for p in files} <= {".json", ".safetensors", ".md"}
     assert sum(p.stat().st_size for p in files) <= 40e6
-    # the DKAN + TRIPLEX ensemble of issue 13: two compact networks on one image encoder
+    # the seed ensemble of issue 13: DKAN and TRIPLEX, compact, three seeds each, on one image encoder
     config = json.loads((MODEL_DIR / "config.json").read_text())
     assert config["model"] == "ensemble" and config["features"]["encoder"] == "efficientnet-lite0-imagenet"
     members = [json.loads((MODEL_DIR / m["dir"] / "config.json").read_text()) for m in config["members"]]
-    assert [(m["model"], m["preset"]) for m in members] == [("dkan-improved", "compact"), ("triplex", "compact")]
-    assert [m["weight"] for m in config["members"]] == [0.5, 0.5]
+    assert [(m["model"], m["preset"], m["training"]["seed"]) for m in members] == [
+        (net, "compact", seed) for net in ("dkan-improved", "triplex") for seed in (2021, 1, 2)]
+    assert [m["weight"] for m in config["members"]] == pytest.approx([1 / 6] * 6)
     for m in members:  # both members trained on the same split, so the ensemble's calibration section is held out
         assert m["training"]["train_sections"] == config["training"]["train_sections"]
         assert m["training"]["val_sections"] == config["training"]["val_sections"]

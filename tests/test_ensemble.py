@@ -215,3 +215,6 @@ def test_the_dock_names_an_ensemble_and_its_networks(members, tmp_path):
     assert text.startswith("ensemble of DKAN + ridge · ") and "learned from sections C3" in text
     assert "dkan (tiny preset), weight 0.75" in tooltip and "ridge, weight 0.25" in tooltip
     assert "text encoder" in tooltip  # the DKAN member reads gene texts
+    info = ens.describe()
+    info["members"] = info["members"] * 3  # six networks, three of each family: counted, not listed
+    assert describe_model(info)[0].startswith("ensemble of 3 DKAN + 3 ridge · ")

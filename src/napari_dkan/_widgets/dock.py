@@ -633,7 +633,10 @@ def describe_model(info: dict[str, Any]) -> tuple[str, str]:
         return "DKAN" if model.startswith("dkan") else "TRIPLEX" if model == "triplex" else model
 
     if members:
-        kind = "ensemble of " + " + ".join(family(str(m["model"])) for m in members)
+        counts: dict[str, int] = {}
+        for m in members:
+            counts[family(str(m["model"]))] = counts.get(family(str(m["model"])), 0) + 1
+        kind = "ensemble of " + " + ".join(f"{n} {f}" if n > 1 else f for f, n in counts.items())
     else:
         kind = "DKAN model" if name.startswith("dkan") else f"{name} model"
     trained = info.get("trained_on") or []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -633,9 +634,7 @@ def describe_model(info: dict[str, Any]) -> tuple[str, str]:
         return "DKAN" if model.startswith("dkan") else "TRIPLEX" if model == "triplex" else model
 
     if members:
-        counts: dict[str, int] = {}
-        for m in members:
-            counts[family(str(m["model"]))] = counts.get(family(str(m["model"])), 0) + 1
+        counts = Counter(family(str(m["model"])) for m in members)  # first-seen order kept
         kind = "ensemble of " + " + ".join(f"{n} {f}" if n > 1 else f for f, n in counts.items())
     else:
         kind = "DKAN model" if name.startswith("dkan") else f"{name} model"

@@ -167,14 +167,20 @@ def cross_validate(
             tmp.cleanup()
     rep = score_sections(predictions, data, folds, panel)
     protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
-    gene_pcc = {f.name: _nan_to_none(FoldScores(f.name, [score_slide(n, predictions[n], data[n].y)
-                                                          for n in f.test]).pcc) for f in folds}
+    gene_pcc = _gene_pcc(folds, predictions, data)
     result = CVResult(rep, spec.model, protocol, time.perf_counter() - t0, panel, fold_info, gene_pcc)
     if tmp is None:  # a kept folder records its figures, per-gene r per fold included
         from napari_dkan.engine import checkpoint as ckpt
 
         ckpt.write_json(Path(out_dir) / CV_FILE, result.to_dict(genes=True))
     return result
+
+
+def _gene_pcc(folds: Sequence[Fold], predictions: dict[str, np.ndarray],
+              data: dict[str, SectionData]) -> dict[str, list[float | None]]:
+    """Per fold, the per-gene Pearson r on its test sections (``cv.json``'s ``gene_pcc``)."""
+    return {f.name: _nan_to_none(FoldScores(f.name, [score_slide(n, predictions[n], data[n].y)
+                                                     for n in f.test]).pcc) for f in folds}
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
@@ -276,8 +282,7 @@ def score_kept_folds(cv_dir: str | Path, dataset: Dataset, device: str = "auto",
     assert panel is not None
     folds = make_folds(names, {n: dataset[n].patient for n in names}, "sections")
     rep = score_sections(preds, data, folds, panel)
-    gene_pcc = {f.name: _nan_to_none(FoldScores(f.name, [score_slide(n, preds[n], data[n].y) for n in f.test]).pcc)
-                for f in folds}
+    gene_pcc = _gene_pcc(folds, preds, data)
     by_fold = dict(zip(names, info))
     result = CVResult(rep, kind, protocol, time.perf_counter() - t0, list(panel),
                       [by_fold[f.test[0]] for f in folds], gene_pcc)

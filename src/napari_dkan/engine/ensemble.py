@@ -124,7 +124,9 @@ def build_ensemble(members: Sequence[str | Path | TrainedModel], out: str | Path
         "dataset": first.get("dataset"), "versions": versions(), "status": "finished", "files": {},
     }
     ckpt.write_json(out / CONFIG_FILE, config)
-    return EnsembleModel.load(out)
+    model = TrainedModel.load(out)
+    assert isinstance(model, EnsembleModel)
+    return model
 
 
 class EnsembleModel(TrainedModel):
@@ -137,12 +139,8 @@ class EnsembleModel(TrainedModel):
         self.weights = self.weights / self.weights.sum()
 
     @classmethod
-    def load(cls, path: str | Path) -> EnsembleModel:
-        p = Path(path).expanduser()
-        run_dir = p if p.is_dir() else p.parent
-        config = ckpt.read_json(run_dir / CONFIG_FILE)
-        if config.get("model") != KIND:
-            raise ckpt.CheckpointError(f"{run_dir} is not an ensemble")
+    def from_config(cls, run_dir: Path, config: dict[str, Any]) -> EnsembleModel:
+        """The ensemble in ``run_dir`` whose ``config.json`` :meth:`TrainedModel.load` has read."""
         check_ensemble_config(config, run_dir / CONFIG_FILE)
         model = cls(run_dir, config)
         model._load_weights()

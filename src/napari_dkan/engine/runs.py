@@ -465,10 +465,12 @@ class TrainedModel:
         config = ckpt.read_json(cfg_path)
         if config.get("format") != FORMAT:
             raise ckpt.CheckpointError(f"{cfg_path} is not a {FORMAT} config")
-        if config.get("model") == "ensemble":
+        from napari_dkan.engine.ensemble_folder import KIND as ENSEMBLE
+
+        if config.get("model") == ENSEMBLE:
             from napari_dkan.engine.ensemble import EnsembleModel
 
-            return EnsembleModel.load(run_dir)
+            return EnsembleModel.from_config(run_dir, config)
         from napari_dkan.engine.run_schema import check_run_config
 
         check_run_config(config, cfg_path)

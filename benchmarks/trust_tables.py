@@ -15,11 +15,14 @@ validation spots), then its held-out test section S is scored:
   sections (in domain) against the foreign slides (pairs taken within the same fold summary).
 
     python benchmarks/trust_tables.py CV_DIR --data ../shared/data/her2st --out WORK [--json out.json]
-        [--depth-blind] [--folds B4 C2]
+        [--depth-blind] [--folds B4 C2] [--candidate C0|C1|C2|C3]
 
 The fold folders are copied into ``WORK`` (default: a temporary folder) and the trust files are
 written there, never into CV_DIR.  ``--depth-blind`` calibrates without the sections' counts
 (the version-1 method, intervals that ignore sequencing depth), for the before/after table.
+``--candidate`` picks the interval candidates declared in benchmarks/README.md ("Turn 5"): C0
+the section's depth profile, C1 each spot's own depth, C2 the model error scaled by the
+out-of-domain score, C3 both (default: the product's default).
 The feature cache (``NAPARI_DKAN_CACHE``) makes a second run fast.
 """
 
@@ -80,10 +83,13 @@ def spearman_by_gene(width: np.ndarray, err: np.ndarray) -> float:
 
 
 TRUST_FILES = ("reliability.json", "calibration.safetensors", "domain.safetensors")
+#: the declared interval candidates: (each spot at its own depth, model error scaled by the domain score)
+CANDIDATES = {"C0": (False, False), "C1": (True, False), "C2": (False, True), "C3": (True, True)}
 
 
 def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
-              depth_blind: bool = False, only: list[str] | None = None) -> tuple[list[dict], dict]:
+              depth_blind: bool = False, only: list[str] | None = None,
+              candidate: str | None = None) -> tuple[list[dict], dict]:
     import shutil
 
     from napari_dkan.engine.conformal import coverage_and_width
@@ -118,12 +124,15 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
 
         train = [load(n) for n in tr["train_sections"]]
         val = [load(n, blind=depth_blind) for n in tr["val_sections"]]
-        trust = attach_from_data(model, train, val, predict=predict)
+        spot_depth, domain_scaling = CANDIDATES[candidate] if candidate else (None, None)
+        trust = attach_from_data(model, train, val, predict=predict, spot_depth=spot_depth,
+                                 domain_scaling=domain_scaling)
         model.reload_trust()
         data = load(test)
         pred = np.asarray(model.predict(data, device=device), dtype=np.float64)
         err = np.abs(data.y - pred)
         row: dict = {"fold": test, "train": tr["train_sections"], "calibrated_on": tr["val_sections"],
+                     "method": trust.calibration.method,
                      "median_gene_r": float(np.nanmedian(trust.reliability.r)),
                      "calibration_version": trust.calibration.version}
         # the constant-width baseline, calibrated on the same validation spots
@@ -232,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth-blind", action="store_true",
                     help="calibrate without the sections' counts (version-1 intervals, depth ignored)")
     ap.add_argument("--folds", nargs="+", help="only these folds (test sections), e.g. while the others train")
+    ap.add_argument("--candidate", choices=sorted(CANDIDATES), help="interval candidate (default: the product's)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     import tempfile
@@ -239,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.out or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        rows, foreign = fold_rows(args.cv_dir, args.data, args.device, work, args.depth_blind, args.folds)
+        rows, foreign = fold_rows(args.cv_dir, args.data, args.device, work, args.depth_blind, args.folds,
+                                  args.candidate)
     summary = summarise(rows, foreign)
     if args.json:
         args.json.write_text(json.dumps({"folds": rows, "foreign": foreign, "summary": summary}, indent=1))

@@ -89,8 +89,10 @@ def cross_validation(ds, panel, work: Path, only_folds=None) -> Path:  # noqa: A
         out = work / f"cv-{_name(member)}"
         if not (out / "cv.json").is_file() or only_folds:
             t0 = time.perf_counter()
+            # every member draws the fold's inner-validation section with the first seed: the
+            # fold's ensemble is then calibrated on a section none of its members trained on
             cross_validate(ds, recipe(*member), "sections", SECTIONS, panel=panel, out_dir=out,
-                           only_folds=only_folds)
+                           only_folds=only_folds, inner_seed=SEEDS[0])
             print(f"{_name(member)}: cross-validation in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         dirs.append(out)
     ens = work / "cv-ensemble"

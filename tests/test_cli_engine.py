@@ -140,3 +140,18 @@ def test_cv_reruns_chosen_folds_identically(her2st, panel_file):
         assert one["folds"][0][key] == pytest.approx(full["folds"][1][key], rel=1e-6), key
     with pytest.raises(DataError, match="no fold named B9"):
         cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, only_folds=["B9"])
+
+
+def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_file, capsys):
+    """Members of a seed ensemble must share each fold's validation section (the ensemble is
+    calibrated on it): ``--inner-seed`` draws it independently of the training seed."""
+    common = [str(her2st), "--model", "ridge", *TINY, "--panel", str(panel_file),
+              "--sections", "C2", "C3", "C4", "C5", "--json"]
+
+    def vals(*extra: str) -> list[list[str]]:
+        assert main(["cv", *common, *extra]) == 0
+        return [f["val_sections"] for f in _json(capsys)["folds"]]
+
+    own_1, own_2021 = vals("--seed", "1"), vals("--seed", "2021")
+    assert own_1 != own_2021  # each seed draws its own
+    assert vals("--seed", "1", "--inner-seed", "2021") == own_2021

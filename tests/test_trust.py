@@ -72,7 +72,7 @@ def test_calibration_round_trip_and_any_level(tmp_path: Path) -> None:
 
 # -- depth-aware intervals: a synthetic Poisson section at two depths ------------------------
 def _poisson_section(name: str, depth: float, rng: np.random.Generator, side: int = 24, genes: int = 40,
-                     smoothing: bool = True):
+                     smoothing: bool = True, gradient: float = 0.0):
     """A square grid of spots whose panel proportions are known (a smooth field per gene), with
     Poisson counts at a section depth (spots spread ×/÷ 2 around it); the model's prediction is
     the deep-depth target of the true proportions plus a spatially smooth error of known size."""
@@ -88,7 +88,8 @@ def _poisson_section(name: str, depth: float, rng: np.random.Generator, side: in
     wave = np.sin(rows[:, None] / 4.0 + phase + shift) + np.cos(cols[:, None] / 5.0 + shift)
     share = np.exp(base[None, :] + 0.6 * wave)
     share /= share.sum(axis=1, keepdims=True)
-    totals = depth * np.exp(rng.uniform(-0.7, 0.7, len(rows)))
+    # ``gradient``: the depth also drifts smoothly across the section (× e^gradient top to bottom)
+    totals = depth * np.exp(rng.uniform(-0.7, 0.7, len(rows)) + gradient * (rows / (side - 1) - 0.5))
     counts = rng.poisson(totals[:, None] * share).astype(np.float32)
     spots = SpotTable(np.array([f"{name}-{i}" for i in range(len(rows))]), rows, cols, cols * 10.0, rows * 10.0,
                       np.ones(len(rows), bool), None, "square", 200.0, 100.0)
@@ -210,6 +211,106 @@ def test_depth_aware_calibration_round_trip_and_old_files_still_load(tmp_path: P
                       metadata={"calibration": json.dumps({**old_meta, "version": 9})})
     with pytest.raises(ValueError, match="version 9"):
         Calibration.load(tmp_path / "v9.safetensors")
+
+
+def test_spot_depth_intervals_follow_each_spots_own_depth(tmp_path: Path) -> None:
+    """Depth drifting 20-fold across a section: read at the section's profile, the shallow third
+    is under-covered and the deep third over-covered; read at each spot's own depth (version 3)
+    both hold, the width ranks the errors better, and the option survives a save and load."""
+    from napari_dkan.engine.conformal import Calibration, spot_context
+    from napari_dkan.engine.measurement import DepthProfile, grid_neighbours, reading_moments
+    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+
+    rng = np.random.default_rng(3)
+    cal, p_cal = _poisson_section("cal", 600.0, rng, gradient=3.0)
+    test, p_test = _poisson_section("test", 600.0, rng, gradient=3.0)
+    # a model trained at this depth: no average bias on its calibration section (the synthetic
+    # prediction is the infinite-depth target)
+    bias = (p_cal - cal.y).mean(axis=0)
+    p_cal, p_test = p_cal - bias, p_test - bias
+    genes = [f"g{i}" for i in range(p_cal.shape[1])]
+    ctx = spot_context(p_cal, None, None)
+    trusts = {}
+    for own in (False, True):
+        measurement, var = depth_of_calibration([cal], [p_cal], spot_depth=own)
+        assert measurement.spot_depth is own
+        trusts[own] = Trust(calibration=calibrate(p_cal, cal.y, ctx, genes, ["cal"], measurement=measurement,
+                                                  reading_var=var))
+    assert trusts[False].calibration.version == 2 and trusts[True].calibration.version == 3
+    rows = test.positions[:, 0]
+    shallow, deep = rows < 8, rows >= 16
+    err = np.abs(test.y - p_test)
+    rho = {}
+    for own, trust in trusts.items():
+        spot = assess(trust, p_test, test, 0.9)
+        assert spot.depth.source == ("measured per spot" if own else "measured")
+        inside = (spot.lower <= test.y) & (test.y <= spot.upper)
+        cover = {"shallow": inside[shallow].mean(), "deep": inside[deep].mean()}
+        if own:
+            assert all(abs(c - 0.9) < 0.05 for c in cover.values()), cover
+        else:
+            assert cover["shallow"] < 0.82 and cover["deep"] > cover["shallow"] + 0.1, cover
+        width = spot.upper - spot.lower
+        rho[own] = np.mean([spearmanr(width[:, g], err[:, g]).statistic for g in range(err.shape[1])])
+    assert rho[True] > rho[False] + 0.015, rho  # the width follows the depth, as the noise does
+
+    # the per-spot reading equals reading every spot's depth bin at that bin's depth
+    nbr = grid_neighbours(test.positions)
+    profile = DepthProfile.of_spots(test.panel_counts, nbr)
+    assert profile.per_spot.shape == (len(p_test),) and profile.median == DepthProfile.of_counts(test.panel_counts).median
+    mean, var = reading_moments(p_test, nbr, profile, 1.3)
+    deepest = profile.per_spot >= np.quantile(profile.per_spot, 1 - 1 / 16)
+    at = DepthProfile(np.array([np.exp(np.median(np.log(profile.per_spot[deepest])))]), "given")
+    m_bin, v_bin = reading_moments(p_test, nbr, at, 1.3)
+    np.testing.assert_allclose(mean[deepest], m_bin[deepest], rtol=1e-9)
+    np.testing.assert_allclose(var[deepest], v_bin[deepest], rtol=1e-9)
+
+    trusts[True].calibration.save(tmp_path / "v3.safetensors")
+    back = Calibration.load(tmp_path / "v3.safetensors")
+    assert back.version == 3 and back.measurement.spot_depth and back.domain_reference is None
+    assert "own depth" in back.method
+    again = assess(Trust(calibration=back), p_test, test, 0.9)
+    np.testing.assert_allclose(again.upper, assess(trusts[True], p_test, test, 0.9).upper, rtol=1e-4)
+
+
+def test_domain_scaled_intervals_widen_only_for_images_unlike_the_calibration(tmp_path: Path) -> None:
+    """Version 3's domain scaling: the model error grows by the section's out-of-domain score over
+    the calibration sections' (never shrinks); in-domain sections keep their intervals."""
+    from napari_dkan.engine.conformal import Calibration, spot_context
+    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+
+    rng = np.random.default_rng(4)
+    cal, p_cal = _poisson_section("cal", 2000.0, rng)
+    test, p_test = _poisson_section("test", 2000.0, rng)
+    centre = rng.normal(size=4)
+    train_feat = centre + rng.normal(size=(400, 4))
+    cal.patch_feat = (centre + rng.normal(size=(len(p_cal), 4))).astype(np.float32)
+    domain = fit_summary([train_feat])
+    measurement, var = depth_of_calibration([cal], [p_cal])
+    genes = [f"g{i}" for i in range(p_cal.shape[1])]
+    reference = domain.slide_score(cal.patch_feat)
+    scaled = calibrate(p_cal, cal.y, spot_context(p_cal, cal.patch_feat, domain), genes, ["cal"],
+                       measurement=measurement, reading_var=var, domain_reference=reference)
+    plain = calibrate(p_cal, cal.y, spot_context(p_cal, cal.patch_feat, domain), genes, ["cal"],
+                      measurement=measurement, reading_var=var)
+    assert scaled.version == 3 and plain.version == 2
+    assert scaled.inflation(None) == 1.0 and scaled.inflation(reference / 2) == 1.0
+    assert scaled.inflation(3 * reference) == pytest.approx(3.0)
+    np.testing.assert_allclose(scaled.scores, plain.scores)  # the calibration spots' own factor is 1
+
+    def widths(shift: float) -> tuple[float, float]:
+        test.patch_feat = (centre + shift + rng.normal(size=(len(p_test), 4))).astype(np.float32)
+        spots = [assess(Trust(calibration=c, domain=domain), p_test, test, 0.9) for c in (scaled, plain)]
+        return tuple(float((s.upper - s.lower).mean()) for s in spots)
+
+    near, near_plain = widths(0.0)
+    assert near == pytest.approx(near_plain, rel=0.05)  # looks like the calibration section: as before
+    far, far_plain = widths(4.0)
+    assert far > 1.5 * far_plain  # far from every training image: wider
+    scaled.save(tmp_path / "v3.safetensors")
+    back = Calibration.load(tmp_path / "v3.safetensors")
+    assert back.version == 3 and back.domain_reference == pytest.approx(reference, rel=1e-6)
+    assert not back.measurement.spot_depth and "out-of-domain score" in back.method
 
 
 def test_reading_moments_follow_poisson_simulation() -> None:

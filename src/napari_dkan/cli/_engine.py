@@ -81,6 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="keep each fold's run here (resumable)")
     p.add_argument("--only-folds", nargs="+", metavar="FOLD",
                    help="run just these folds (e.g. B4; several processes can share one -o folder)")
+    p.add_argument("--inner-seed", type=int, metavar="SEED",
+                   help="draw each fold's inner-validation section with this seed instead of --seed: "
+                   "runs of several seeds that are to be ensembled then share their validation sections "
+                   "(the ensemble's intervals are calibrated on them)")
     _stain_arg(p, "each fold's test sections'")
     add_json_flag(p)
     p.set_defaults(func=cmd_cv)
@@ -355,7 +359,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     try:
         result = cross_validate(ds, spec, args.folds, args.sections, panel=panel, out_dir=args.output,
                                 on_status=bars.status, on_event=bars.train_event, only_folds=args.only_folds,
-                                stain_normalise=args.stain_normalise)
+                                stain_normalise=args.stain_normalise, inner_seed=args.inner_seed)
     finally:
         bars.close()
     payload = {**result.to_dict(), "stain_normalised": bool(args.stain_normalise)}

@@ -24,6 +24,13 @@ bound is clipped at 0 (no target is negative).  The normalised scores are taken 
 the calibration depth, so at the calibration depth the intervals are the usual conformal ones.
 Version-1 files (written before) keep their symmetric ŷ ± q·σ intervals.
 
+**Version 3** adds two options, each recorded in the file: ``spot_depth`` — a section with counts
+is read at each spot's own depth (its neighbourhood's panel total) rather than at its depth
+profile, and the scale model predicts the model-error variance directly (squared residual less
+the spot's reading variance); ``domain_reference`` — the calibration sections' slide out-of-domain score: a section
+that scores higher gets its model-error sd multiplied by score ÷ reference (never less than 1),
+since a model errs more on images unlike those it learned from than on its calibration section.
+
 The scores are stored, so any level can be asked for later.
 """
 
@@ -48,6 +55,9 @@ METHOD = ("normalised split-conformal: per-gene ridge model of |residual| on the
           "(fitted on half of the calibration spots), conformal quantile on the other half")
 DEPTH_METHOD = METHOD + ("; depth-aware: the scale split into model error and the Poisson reading "
                          "noise of the section's sequencing depth (over-dispersed, neighbour-averaged)")
+SPOT_DEPTH_METHOD = "; each spot read at its own depth where the section has counts"
+DOMAIN_METHOD = ("; model-error sd × max(1, the section's out-of-domain score ÷ the calibration "
+                 "sections')")
 NORMAL_SD = float(np.sqrt(np.pi / 2))  # E|Z|·√(π/2) = sd for a normal error
 
 
@@ -109,6 +119,8 @@ class Measurement:
 
     reference: DepthProfile
     overdispersion: float
+    #: version 3: sections with counts are read at each spot's own depth
+    spot_depth: bool = False
 
 
 @dataclass
@@ -131,10 +143,28 @@ class Calibration:
     sections: list[str]
     genes: list[str]
     measurement: Measurement | None = None
+    #: version 3: the calibration sections' slide out-of-domain score (None: no domain scaling)
+    domain_reference: float | None = None
 
     @property
     def version(self) -> int:
+        if self.domain_reference is not None or (self.measurement is not None and self.measurement.spot_depth):
+            return 3
         return 1 if self.measurement is None else 2
+
+    @property
+    def method(self) -> str:
+        text = METHOD if self.measurement is None else DEPTH_METHOD
+        if self.measurement is not None and self.measurement.spot_depth:
+            text += SPOT_DEPTH_METHOD
+        return text + (DOMAIN_METHOD if self.domain_reference is not None else "")
+
+    def inflation(self, slide_score: float | None) -> float:
+        """The factor on the model-error sd for a section of this out-of-domain score (1 without
+        a domain reference or a score)."""
+        if self.domain_reference is None or slide_score is None or not np.isfinite(slide_score):
+            return 1.0
+        return max(1.0, float(slide_score) / max(self.domain_reference, 1e-12))
 
     def quantile(self, level: float = DEFAULT_LEVEL) -> np.ndarray:
         """Per gene, the conformal quantile of the normalised scores at a nominal level."""
@@ -147,27 +177,33 @@ class Calibration:
         return self.scores[rank - 1]
 
     def interval_halfwidth(self, pred: np.ndarray, context: np.ndarray,
-                           level: float = DEFAULT_LEVEL) -> np.ndarray:
-        """Half-width of each spot's version-1 interval ŷ ± q·σ per gene (N × G)."""
-        return self.scale_model.scale(pred, context) * self.quantile(level)[None, :]
+                           level: float = DEFAULT_LEVEL, inflation: float = 1.0) -> np.ndarray:
+        """Half-width of each spot's depth-blind interval ŷ ± q·σ per gene (N × G)."""
+        return self.scale_model.scale(pred, context) * self.quantile(level)[None, :] * inflation
 
-    def spread(self, pred: np.ndarray, context: np.ndarray, reading: Reading) -> np.ndarray:
-        """A depth-aware calibration's per-spot sd at the section's depth (N × G)."""
+    def spread(self, pred: np.ndarray, context: np.ndarray, reading: Reading,
+               inflation: float = 1.0) -> np.ndarray:
+        """A depth-aware calibration's per-spot sd at the section's depth (N × G); the
+        model-error part multiplied by ``inflation``."""
         sm = self.scale_model
-        model_var = np.maximum(sm.scale(pred, context) ** 2 - reading.var_reference, sm.floor[None, :] ** 2)
-        return np.sqrt(model_var + reading.var_section)
+        if self.measurement is not None and self.measurement.spot_depth:
+            model_var = sm.scale(pred, context)  # this scale model predicts the model-error variance
+        else:
+            model_var = np.maximum(sm.scale(pred, context) ** 2 - reading.var_reference, sm.floor[None, :] ** 2)
+        return np.sqrt(model_var * inflation**2 + reading.var_section)
 
     def bounds(self, pred: np.ndarray, context: np.ndarray, level: float = DEFAULT_LEVEL,
-               reading: Reading | None = None) -> tuple[np.ndarray, np.ndarray]:
+               reading: Reading | None = None, inflation: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds of each spot's interval per gene (N × G each); a
-        depth-aware calibration needs the ``reading`` of the section."""
+        depth-aware calibration needs the ``reading`` of the section; ``inflation``: the
+        factor on the model error (:meth:`inflation`)."""
         pred = np.asarray(pred, dtype=np.float64)
         if self.measurement is None:
-            half = self.interval_halfwidth(pred, context, level)
+            half = self.interval_halfwidth(pred, context, level, inflation)
             return pred - half, pred + half
         if reading is None:
             raise ValueError("a depth-aware calibration needs the reading noise of the section")
-        half = self.quantile(level)[None, :] * self.spread(pred, context, reading)
+        half = self.quantile(level)[None, :] * self.spread(pred, context, reading, inflation)
         centre = pred + reading.shift
         return np.maximum(centre - half, 0.0), centre + half
 
@@ -175,8 +211,11 @@ class Calibration:
         from napari_dkan.engine import checkpoint as ckpt
 
         sm = self.scale_model
-        meta = {"version": self.version, "method": METHOD if self.measurement is None else DEPTH_METHOD,
+        meta = {"version": self.version, "method": self.method,
                 "sections": self.sections, "genes": self.genes, "n_scores": len(self.scores), **(extra or {})}
+        if self.version == 3:
+            meta["domain_reference"] = self.domain_reference
+            meta["spot_depth"] = bool(self.measurement is not None and self.measurement.spot_depth)
         tensors = {"coef": sm.coef.astype(np.float32), "floor": sm.floor.astype(np.float32),
                    "centre": sm.centre.astype(np.float32), "width": sm.width.astype(np.float32),
                    "scores": self.scores.astype(np.float32)}
@@ -195,24 +234,31 @@ class Calibration:
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads((f.metadata() or {})["calibration"])
         version = int(meta.get("version", 1))
-        if version > 2:
+        if version > 3:
             raise ValueError(f"{path} is a calibration of version {version}; this napari-dkan reads "
-                             "versions 1 and 2: update napari-dkan")
+                             "versions 1 to 3: update napari-dkan")
         measurement = None
-        if version == 2:
+        if version >= 2 and "reference_depth" in a:
             measurement = Measurement(DepthProfile(a["reference_depth"], "calibration"),
-                                      float(meta["overdispersion"]))
+                                      float(meta["overdispersion"]), bool(meta.get("spot_depth", False)))
+        reference = meta.get("domain_reference") if version == 3 else None
         return cls(ScaleModel(a["coef"], a["floor"], a["centre"], a["width"]), a["scores"],
-                   list(meta["sections"]), list(meta["genes"]), measurement)
+                   list(meta["sections"]), list(meta["genes"]), measurement,
+                   None if reference is None else float(reference))
 
 
 def calibrate(pred: np.ndarray, truth: np.ndarray, context: np.ndarray, genes: Sequence[str],
               sections: Sequence[str] = (), seed: int = 0, measurement: Measurement | None = None,
-              reading_var: np.ndarray | None = None) -> Calibration:
+              reading_var: np.ndarray | Reading | None = None,
+              domain_reference: float | None = None) -> Calibration:
     """Fit the scale on one random half of the calibration spots, the scores on the other.
 
     With ``measurement`` (and ``reading_var``, the calibration spots' reading variance at their
-    own depth) the calibration is depth-aware (module docstring)."""
+    section's depth, or — version 3's ``spot_depth`` — their :class:`Reading` at each spot's own
+    depth against the reference profile) the calibration is depth-aware (module docstring);
+    ``domain_reference``: the
+    calibration spots' slide out-of-domain score, for version 3's domain scaling (on the
+    calibration spots themselves its factor is 1)."""
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     n = len(pred)
@@ -220,17 +266,34 @@ def calibrate(pred: np.ndarray, truth: np.ndarray, context: np.ndarray, genes: S
         raise ValueError(f"conformal calibration needs at least 20 held-out spots, got {n}")
     if (measurement is None) != (reading_var is None):
         raise ValueError("a depth-aware calibration needs both the measurement and the reading variance")
+    if measurement is not None and measurement.spot_depth != isinstance(reading_var, Reading):
+        raise ValueError("a calibration at each spot's own depth needs the calibration spots' Reading "
+                         "(their shift and variance against the reference depth), and only it does")
     order = np.random.default_rng(seed).permutation(n)
     half_a, half_b = order[: n // 2], order[n // 2:]
     absres = np.abs(truth - pred)
     if measurement is None:
         scale = fit_scale(pred[half_a], absres[half_a], context[half_a])
         sigma = scale.scale(pred[half_b], context[half_b])
-        return Calibration(scale, np.sort(absres[half_b] / sigma, axis=0), list(sections), list(genes))
-    scale = fit_scale(pred[half_a], NORMAL_SD * absres[half_a], context[half_a])
-    var = np.asarray(reading_var, dtype=np.float64)[half_b]
-    at_home = Reading(np.zeros_like(var), var, var)
-    cal = Calibration(scale, np.zeros((0, pred.shape[1])), list(sections), list(genes), measurement)
+        return Calibration(scale, np.sort(absres[half_b] / sigma, axis=0), list(sections), list(genes),
+                           domain_reference=domain_reference)
+    if isinstance(reading_var, Reading):
+        # each spot at its own depth: ŷ stands for the reading at the calibration sections' depth
+        # profile, so the spot's centre moves; the scale model is fitted to the model-error
+        # variance itself (squared residual less the spot's own reading variance): a model of
+        # the total sd would average readings of very different depths
+        home = reading_var
+        absres = np.abs(truth - pred - home.shift)
+        target = absres[half_a] ** 2 - home.var_section[half_a]
+        scale = fit_scale(pred[half_a], target, context[half_a])
+        scale.floor = np.maximum(FLOOR**2 * (absres[half_a] ** 2).mean(axis=0), 1e-8)
+    else:
+        var = np.asarray(reading_var, dtype=np.float64)
+        home = Reading(np.zeros_like(var), var, var)
+        scale = fit_scale(pred[half_a], NORMAL_SD * absres[half_a], context[half_a])
+    at_home = Reading(home.shift[half_b], home.var_reference[half_b], home.var_section[half_b])
+    cal = Calibration(scale, np.zeros((0, pred.shape[1])), list(sections), list(genes), measurement,
+                      domain_reference)
     cal.scores = np.sort(absres[half_b] / cal.spread(pred[half_b], context[half_b], at_home), axis=0)
     return cal
 

@@ -106,9 +106,12 @@ def cross_validate(
     cancel: CancelToken | None = None,
     only_folds: Sequence[str] | None = None,
     stain_normalise: bool = False,
+    inner_seed: int | None = None,
 ) -> CVResult:
     """Cross-validate ``spec``; ``only_folds`` runs just the named folds (e.g. to re-check some);
-    ``stain_normalise`` maps each fold's test sections to that fold's training slides' staining."""
+    ``stain_normalise`` maps each fold's test sections to that fold's training slides' staining;
+    ``inner_seed`` draws each fold's inner-validation section (default: the run's seed), so that
+    runs of several seeds can share them."""
     t0 = time.perf_counter()
     chosen = dataset.select(sections)
     usable = [s for s in chosen.sections if s.trainable]
@@ -144,7 +147,7 @@ def cross_validate(
                 fit_names, val_names = list(fold.train), list(fold.test)
             else:
                 fit_part, val_part = inner_validation([data[n] for n in fold.train], spec.validation,
-                                                      spec.settings.seed)
+                                                      spec.settings.seed if inner_seed is None else inner_seed)
                 local.update({s.name: s for s in (*fit_part, *val_part)})
                 fit_names, val_names = [s.name for s in fit_part], [s.name for s in val_part]
             cb = (lambda e, name=fold.name: on_event(name, e)) if on_event else None

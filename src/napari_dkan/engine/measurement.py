@@ -33,14 +33,29 @@ from napari_dkan.io.expression import TARGET_SUM
 N_QUANTILES = 9
 _GRID = np.exp(np.linspace(np.log(1e-4), np.log(5e3), 300))
 _GENE_CHUNK = 64
+SPOT_DEPTH_BINS = 16
 
 
 @dataclass(frozen=True)
 class DepthProfile:
-    """A section's sequencing depth: quantiles of its spots' panel totals."""
+    """A section's sequencing depth: quantiles of its spots' panel totals, and optionally each
+    spot's own (:meth:`of_spots`: the reading of a spot is then taken at its own depth)."""
 
     quantiles: np.ndarray  # (K,) panel totals at the mid-quantiles (k + ½)/K
-    source: str  # "measured", "calibration" or "given"
+    source: str  # "measured", "measured per spot", "calibration" or "given"
+    #: (N,) each spot's depth, shared with its grid neighbours; None: the profile's mixture
+    per_spot: np.ndarray | None = None
+
+    @classmethod
+    def of_spots(cls, panel_counts: np.ndarray, neighbours: np.ndarray) -> DepthProfile:
+        """Each spot at its own depth: the geometric mean of the panel totals over the spot and
+        its grid neighbours (``neighbours`` as in :func:`grid_neighbours`; depth varies smoothly
+        across tissue, and the target is a neighbourhood average)."""
+        profile = cls.of_counts(panel_counts, "measured per spot")
+        totals = np.maximum(np.asarray(panel_counts, dtype=np.float64).sum(axis=1), 1.0)
+        valid = neighbours >= 0
+        log_mean = (np.log(totals)[np.where(valid, neighbours, 0)] * valid).sum(axis=1) / valid.sum(axis=1)
+        return cls(profile.quantiles, profile.source, np.exp(log_mean))
 
     @classmethod
     def of_counts(cls, panel_counts: np.ndarray, source: str = "measured") -> DepthProfile:
@@ -100,6 +115,8 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     spot, slot = np.nonzero(valid)
     average = sparse.csr_matrix((1.0 / count[spot], (spot, neighbours[spot, slot])), shape=(len(p), len(p)))
     average_var = sparse.csr_matrix((1.0 / count[spot] ** 2, (spot, neighbours[spot, slot])), shape=(len(p), len(p)))
+    if profile.per_spot is not None:
+        return _moments_per_spot(pred, neighbours, profile.per_spot, overdispersion)
     e_tabs, v_tabs = _reading_tables(profile.quantiles)
     mean = np.zeros_like(p)
     second = np.zeros_like(p)
@@ -121,6 +138,43 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     k = len(profile.quantiles)
     mean /= k
     return mean, np.maximum(second / k - mean**2, 0.0)
+
+
+def _moments_per_spot(pred: np.ndarray, neighbours: np.ndarray, depths: np.ndarray,
+                      overdispersion: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`reading_moments` with each spot at its own depth: spots are grouped into
+    :data:`SPOT_DEPTH_BINS` equal-count bins of log depth, each read at its bin's geometric
+    median depth (a spot's neighbours are read at the spot's depth, as in the profile case)."""
+    depths = np.asarray(depths, dtype=np.float64)
+    if len(depths) != len(pred):
+        raise ValueError(f"{len(depths)} spot depths for {len(pred)} spots")
+    p = rates(pred)
+    log_d = np.log(np.maximum(depths, 1.0))
+    edges = np.quantile(log_d, np.linspace(0.0, 1.0, SPOT_DEPTH_BINS + 1))
+    which = np.clip(np.searchsorted(edges, log_d, side="right") - 1, 0, SPOT_DEPTH_BINS - 1)
+    bins = np.unique(which)
+    at = np.array([float(np.exp(np.median(log_d[which == b]))) for b in bins])
+    e_tabs, v_tabs = _reading_tables(at)
+    log_grid = np.log(_GRID)
+    step = log_grid[1] - log_grid[0]
+    mean = np.zeros_like(p)
+    var = np.zeros_like(p)
+    for b, depth, e_tab, v_tab in zip(bins, at, e_tabs, v_tabs):
+        rows = np.flatnonzero(which == b)
+        nbr = neighbours[rows]
+        valid = nbr >= 0
+        sub, local = np.unique(np.where(valid, nbr, nbr[:, :1]), return_inverse=True)
+        local = local.reshape(nbr.shape)
+        pos = (np.log(np.clip(depth * p[sub], _GRID[0], _GRID[-1])) - log_grid[0]) / step
+        i = np.minimum(pos.astype(np.int64), len(_GRID) - 2)
+        w = pos - i
+        e = e_tab[i] * (1.0 - w) + e_tab[i + 1] * w  # (S, G) one reading at this depth
+        v = v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
+        count = valid.sum(axis=1)[:, None].astype(np.float64)
+        mask = valid[:, :, None]
+        mean[rows] = (e[local] * mask).sum(axis=1) / count
+        var[rows] = overdispersion * (v[local] * mask).sum(axis=1) / count**2
+    return mean, var
 
 
 def overdispersion(panel_counts: list[np.ndarray], neighbours: list[np.ndarray]) -> float:

@@ -51,6 +51,11 @@ if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.io.dataset import Dataset
 
+#: how new calibrations are made (benchmarks/README.md, "Turn 5"): each spot read at its own
+#: depth where a section has counts; the model error scaled by the out-of-domain score
+SPOT_DEPTH = False
+DOMAIN_SCALING = False
+
 VALIDATION_PROTOCOL = "per-gene Pearson r on this run's validation spots (held out from training)"
 CV_PROTOCOL = ("leave-one-section-out cross-validation of this model's recipe: per-gene Pearson r "
                "on each held-out test section, mean ± std over folds")
@@ -105,16 +110,20 @@ class SpotTrust:
         return None if self.lower is None else (self.lower, self.upper)
 
 
-def section_depth(calibration: Calibration, data: SectionData, depth: float | None = None) -> DepthProfile | None:
+def section_depth(calibration: Calibration, data: SectionData, depth: float | None = None,
+                  smoothed: bool = True) -> DepthProfile | None:
     """The depth a section's intervals are for: ``depth`` when given (a median panel total per
-    spot: the calibration's profile scaled to it), else the section's own when it has counts,
-    else the calibration's; None for a version-1 calibration (depth ignored)."""
+    spot: the calibration's profile scaled to it), else the section's own when it has counts
+    (each spot's own for a calibration with ``spot_depth``), else the calibration's; None for a
+    version-1 calibration (depth ignored)."""
     if calibration.measurement is None:
         return None
     reference = calibration.measurement.reference
     if depth is not None:
         return reference.scaled_to(depth)
     if data.panel_counts is not None and len(data.panel_counts):
+        if calibration.measurement.spot_depth:
+            return DepthProfile.of_spots(data.panel_counts, grid_neighbours(data.positions, smoothed))
         return DepthProfile.of_counts(data.panel_counts)
     return reference
 
@@ -142,22 +151,30 @@ def assess(trust: Trust, pred: np.ndarray, data: SectionData, level: float = DEF
     if trust.calibration is not None:
         cal = trust.calibration
         ctx = spot_context(pred, features, trust.domain)
-        profile = section_depth(cal, data, depth)
+        profile = section_depth(cal, data, depth, smoothed)
         reading = None if profile is None else reading_of(cal, pred, data, profile, smoothed)
-        lower, upper = (b.astype(np.float32) for b in cal.bounds(pred, ctx, level, reading))
+        score = None
+        if cal.domain_reference is not None and trust.domain is not None and features is not None:
+            score = trust.domain.slide_score(features)
+        lower, upper = (b.astype(np.float32) for b in cal.bounds(pred, ctx, level, reading, cal.inflation(score)))
     dom = check_domain(trust.domain, features) if trust.domain is not None else None
     return SpotTrust(level, lower, upper, dom, profile)
 
 
 def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validation: Sequence[SectionData],
                      predict: Callable[[SectionData], np.ndarray] | None = None,
-                     reliability: GeneReliability | None = None) -> Trust:
+                     reliability: GeneReliability | None = None, spot_depth: bool | None = None,
+                     domain_scaling: bool | None = None) -> Trust:
     """Write the three trust files of ``model`` from its training and validation data.
 
     Reliability: per-gene r on the validation spots (unless ``reliability`` is given, e.g. from
     a cross-validation); calibration: the validation spots; domain summary: the training spots'
     patch features, its threshold from held-out training sections and the validation sections.
+    ``spot_depth`` / ``domain_scaling``: the calibration's version-3 options (default
+    :data:`SPOT_DEPTH`, :data:`DOMAIN_SCALING`).
     """
+    spot_depth = SPOT_DEPTH if spot_depth is None else spot_depth
+    domain_scaling = DOMAIN_SCALING if domain_scaling is None else domain_scaling
     predict = predict or model.predict
     run_dir = Path(model.run_dir)
     domain = fit_with_threshold({d.name: d.patch_feat for d in train},
@@ -173,9 +190,10 @@ def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validati
         pred = np.concatenate(preds)
         truth = np.concatenate([d.y for d in scored])
         feats = np.concatenate([d.patch_feat for d in scored])
-        measurement, reading_var = depth_of_calibration(scored, preds, model.smoothing)
+        measurement, reading_var = depth_of_calibration(scored, preds, model.smoothing, spot_depth)
         cal = calibrate(pred, truth, spot_context(pred, feats, domain), model.panel,
-                        [d.name for d in scored], measurement=measurement, reading_var=reading_var)
+                        [d.name for d in scored], measurement=measurement, reading_var=reading_var,
+                        domain_reference=domain.slide_score(feats) if domain_scaling else None)
         cal.save(run_dir / CALIBRATION_FILE)
     if reliability is not None:
         reliability.save(run_dir / RELIABILITY_FILE)
@@ -183,19 +201,30 @@ def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validati
 
 
 def depth_of_calibration(sections: Sequence[SectionData], preds: Sequence[np.ndarray],
-                         smoothed: bool = True) -> tuple[Measurement | None, np.ndarray | None]:
+                         smoothed: bool = True, spot_depth: bool = False,
+                         ) -> tuple[Measurement | None, np.ndarray | Reading | None]:
     """The measurement model of calibration sections (their pooled depth profile and the
     counts' over-dispersion) and each calibration spot's reading variance at its section's
-    depth; (None, None) when a section lacks raw counts (the calibration ignores depth)."""
+    depth — with ``spot_depth``, instead, each spot's :class:`Reading` at its own depth against
+    the pooled profile; (None, None) when a section lacks raw counts (the calibration ignores
+    depth)."""
     if not sections or any(d.panel_counts is None for d in sections):
         return None, None
     nbrs = [grid_neighbours(d.positions, smoothed) for d in sections]
     # single spots against their grid neighbours, whether or not the targets are smoothed
     kappa = overdispersion([d.panel_counts for d in sections], [grid_neighbours(d.positions) for d in sections])
     reference = DepthProfile.of_counts(np.concatenate([d.panel_counts for d in sections]), "calibration")
-    var = [reading_moments(p, nbr, DepthProfile.of_counts(d.panel_counts), kappa)[1]
-           for d, p, nbr in zip(sections, preds, nbrs)]
-    return Measurement(reference, kappa), np.concatenate(var)
+    if not spot_depth:
+        var = [reading_moments(p, nbr, DepthProfile.of_counts(d.panel_counts), kappa)[1]
+               for d, p, nbr in zip(sections, preds, nbrs)]
+        return Measurement(reference, kappa), np.concatenate(var)
+    # each spot at its own depth, against the reference profile (what ŷ stands for)
+    parts = []
+    for d, p, nbr in zip(sections, preds, nbrs):
+        mean_ref, var_ref = reading_moments(p, nbr, reference, kappa)
+        mean, var = reading_moments(p, nbr, DepthProfile.of_spots(d.panel_counts, nbr), kappa)
+        parts.append((mean - mean_ref, var_ref, var))
+    return Measurement(reference, kappa, True), Reading(*(np.concatenate(x) for x in zip(*parts)))
 
 
 def reliability_from_cv(cv_dir: str | Path, dataset: Dataset | None = None,

@@ -271,6 +271,10 @@ def test_spot_depth_intervals_follow_each_spots_own_depth(tmp_path: Path) -> Non
     assert "own depth" in back.method
     again = assess(Trust(calibration=back), p_test, test, 0.9)
     np.testing.assert_allclose(again.upper, assess(trusts[True], p_test, test, 0.9).upper, rtol=1e-4)
+    from napari_dkan._widgets.trust_view import uncertainty_tip
+
+    assert "each spot's own measured sequencing depth (test: median" in uncertainty_tip(back, again.depth, "test")
+    assert "each spot's own sequencing depth" in uncertainty_tip(back)
 
 
 def test_domain_scaled_intervals_widen_only_for_images_unlike_the_calibration(tmp_path: Path) -> None:
@@ -307,6 +311,11 @@ def test_domain_scaled_intervals_widen_only_for_images_unlike_the_calibration(tm
     assert near == pytest.approx(near_plain, rel=0.05)  # looks like the calibration section: as before
     far, far_plain = widths(4.0)
     assert far > 1.5 * far_plain  # far from every training image: wider
+    from napari_dkan._widgets.trust_view import uncertainty_tip
+
+    spot = assess(Trust(calibration=scaled, domain=domain), p_test, test, 0.9)
+    assert spot.inflation > 1.5
+    assert f"×{spot.inflation:.2f}" in uncertainty_tip(scaled, spot.depth, "test", spot.inflation)
     scaled.save(tmp_path / "v3.safetensors")
     back = Calibration.load(tmp_path / "v3.safetensors")
     assert back.version == 3 and back.domain_reference == pytest.approx(reference, rel=1e-6)

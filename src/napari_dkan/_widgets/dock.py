@@ -521,7 +521,7 @@ class PredictionDock(QWidget):
             return
         if model is not None and self._spot_trust is not None and self._spot_trust.depth is not None:
             self.trust.uncertainty.setToolTip(uncertainty_tip(  # the depth these intervals are for
-                model.trust.calibration, self._spot_trust.depth, s.section.name))
+                model.trust.calibration, self._spot_trust.depth, s.section.name, self._spot_trust.inflation))
         self.trust.show_gene(model, s.gene)
         self.genes.set_genes(self.trust.gene_list(model, s.genes))
         if self.builder is None:

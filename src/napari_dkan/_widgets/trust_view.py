@@ -197,20 +197,32 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
         overlay.text = ""
 
 
-def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = None) -> str:
+def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = None,
+                    inflation: float = 1.0) -> str:
     """What the uncertainty layer shows, in words (and for which sequencing depth): before a
-    prediction the rule, after it (``depth``: the prediction's DepthProfile) the depth used."""
+    prediction the rule, after it (``depth``: the prediction's DepthProfile; ``inflation``: its
+    out-of-domain factor on the model error) the depth and factor used."""
     tip = "width of each spot's 90 % prediction interval for the chosen gene (calibrated on held-out spots)"
     if calibration is None:
         return tip
+    if inflation > 1.0:
+        tip += (f"; widened: the model's error is taken ×{inflation:.2f}, as these images look that much "
+                "further from the training images than the calibration section's")
+    elif getattr(calibration, "domain_reference", None) is not None and depth is None:
+        tip += ("; widened for a section whose images look further from the training images than the "
+                "calibration section's")
     if calibration.measurement is None:
         return (tip + "; calibrated before intervals knew the sequencing depth: a section sequenced "
                 "shallower than the calibration section gets intervals that are too narrow "
                 "(`napari-dkan trust` recalibrates)")
     reference = f"{calibration.measurement.reference.median:.0f}"
     if depth is None:
-        return (tip + "; for the section's own sequencing depth when it has counts, else the calibration "
+        own = "each spot's own" if calibration.measurement.spot_depth else "the section's own"
+        return (tip + f"; for {own} sequencing depth when the section has counts, else the calibration "
                 f"section's (median {reference} panel counts per spot)")
+    if depth.source == "measured per spot":
+        return (tip + f"; intervals for each spot's own measured sequencing depth ({section or 'this section'}: "
+                f"median {depth.median:.0f} panel counts per spot; calibration section: {reference})")
     whose = {"measured": f"{section or 'this section'}'s own measured sequencing depth",
              "given": "the sequencing depth you gave"}.get(
         depth.source, "the calibration section's sequencing depth (this section has no counts)")

@@ -525,7 +525,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                "model": str(model.run_dir), "ood_score": uns.get("ood_score"),
                "ood_threshold": uns.get("ood_threshold"), "out_of_domain": uns.get("out_of_domain"),
                "interval_level": uns.get("interval_level"), "interval_depth": uns.get("interval_depth"),
-               "interval_depth_source": uns.get("interval_depth_source"), "seen_by_model": uns.get("seen_by_model"),
+               "interval_depth_source": uns.get("interval_depth_source"),
+               "interval_domain_factor": uns.get("interval_domain_factor"), "seen_by_model": uns.get("seen_by_model"),
                "stain_normalised": bool(uns.get("stain_normalised"))}
     notes = []
     if uns.get("out_of_domain"):

@@ -156,6 +156,8 @@ def add_trust(adata: Any, spot_trust: SpotTrust, model: TrainedModel) -> None:
                                       "calibration): intervals for the measured values at interval_depth")
             uns["interval_depth"] = spot_trust.depth.median  # median panel total per spot
             uns["interval_depth_source"] = spot_trust.depth.source
+        # the model error's factor for how unlike the calibration section the images look
+        uns["interval_domain_factor"] = float(spot_trust.inflation)
     if spot_trust.domain is not None:
         adata.obs["ood_score"] = spot_trust.domain.spot_scores.astype(np.float32)
         uns["ood_score"] = float(spot_trust.domain.score)

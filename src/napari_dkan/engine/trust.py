@@ -100,6 +100,8 @@ class SpotTrust:
     domain: DomainCheck | None  # None without a domain summary
     #: the sequencing depth the intervals are for (None: a calibration that ignores depth)
     depth: DepthProfile | None = None
+    #: the factor on the model error for the section's out-of-domain score (version 3; else 1)
+    inflation: float = 1.0
 
     @property
     def halfwidth(self) -> np.ndarray | None:
@@ -147,6 +149,7 @@ def assess(trust: Trust, pred: np.ndarray, data: SectionData, level: float = DEF
     patch features, grid positions and, when measured, counts; ``depth``: the median panel
     total per spot the intervals are for, see :func:`section_depth`)."""
     lower = upper = profile = None
+    factor = 1.0
     features = data.patch_feat
     if trust.calibration is not None:
         cal = trust.calibration
@@ -156,9 +159,10 @@ def assess(trust: Trust, pred: np.ndarray, data: SectionData, level: float = DEF
         score = None
         if cal.domain_reference is not None and trust.domain is not None and features is not None:
             score = trust.domain.slide_score(features)
-        lower, upper = (b.astype(np.float32) for b in cal.bounds(pred, ctx, level, reading, cal.inflation(score)))
+        factor = cal.inflation(score)
+        lower, upper = (b.astype(np.float32) for b in cal.bounds(pred, ctx, level, reading, factor))
     dom = check_domain(trust.domain, features) if trust.domain is not None else None
-    return SpotTrust(level, lower, upper, dom, profile)
+    return SpotTrust(level, lower, upper, dom, profile, factor)
 
 
 def attach_from_data(model: TrainedModel, train: Sequence[SectionData], validation: Sequence[SectionData],

@@ -89,7 +89,7 @@ CANDIDATES = {"C0": (False, False), "C1": (True, False), "C2": (False, True), "C
 
 def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
               depth_blind: bool = False, only: list[str] | None = None,
-              candidate: str | None = None) -> tuple[list[dict], dict]:
+              candidate: str | None = None, with_foreign: bool = True) -> tuple[list[dict], dict]:
     import shutil
 
     from napari_dkan.engine.conformal import coverage_and_width
@@ -99,7 +99,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
     from napari_dkan.io.formats import open_dataset
 
     ds = open_dataset(data_root)
-    foreign = foreign_slides()
+    foreign = foreign_slides() if with_foreign else {}
     rows, foreign_scores = [], {name: {} for name in foreign}
     for source_dir in sorted(cv_dir.glob("fold-*")):
         t0 = time.perf_counter()

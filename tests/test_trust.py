@@ -510,3 +510,11 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
     assert "leave-one-section-out" in attached["reliability"]["protocol"]
     assert set(attached["ood_held_out"]) == set(val)  # one training section: the validation one is held out
     assert Trust.load(run).missing == []
+    # recalibrating without the CV folder keeps the CV reliability when asked to
+    before = (run / "reliability.json").read_bytes()
+    (run / "calibration.safetensors").unlink()
+    assert main(["trust", str(her2st), "--model", str(run), "--keep-reliability", "--device", "cpu", "--json"]) == 0
+    assert "leave-one-section-out" in _last_json(capsys)["reliability"]["protocol"]
+    assert (run / "reliability.json").read_bytes() == before and (run / "calibration.safetensors").is_file()
+    assert main(["trust", str(her2st), "--model", str(run), "--keep-reliability", "--cv", str(cv_dir)]) == 2
+    assert "choose one" in capsys.readouterr().err

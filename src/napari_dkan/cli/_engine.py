@@ -129,6 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="the dataset the run was trained on")
     p.add_argument("--model", required=True, help="run directory (or 'default' for the bundled model)")
     p.add_argument("--cv", type=Path, help="cross-validation folder (fold-*/ runs) of the run's recipe")
+    p.add_argument("--keep-reliability", action="store_true",
+                   help="keep the run's reliability.json as it is (e.g. from a cross-validation no longer at "
+                   "hand) and rewrite only the calibration and the out-of-domain summary")
     p.add_argument("--only-stain", action="store_true",
                    help="write only the stain reference (stain.json: the staining of the run's training "
                    "and validation sections, for --stain-normalise), leaving the other files as they are")
@@ -438,8 +441,11 @@ def cmd_trust(args: argparse.Namespace) -> int:
              f"{model.run_dir / 'stain.json'}: staining of {', '.join(stain.sections)} "
              f"(LAB mean {', '.join(f'{v:.1f}' for v in stain.stats.mean)})")
         return 0
+    if args.keep_reliability and args.cv is not None:
+        raise DataError("--keep-reliability keeps the run's reliability.json; --cv recomputes it: choose one")
     trust = attach_from_dataset(model, ds, args.cv, device=args.device,
-                                progress=None if args.json else (lambda m: print(m, flush=True)))
+                                progress=None if args.json else (lambda m: print(m, flush=True)),
+                                keep_reliability=args.keep_reliability)
     rel, cal, dom = trust.reliability, trust.calibration, trust.domain
     payload = {"model": str(model.run_dir),
                "reliability": None if rel is None else {

@@ -267,9 +267,20 @@ def reliability_from_cv(cv_dir: str | Path, dataset: Dataset | None = None,
 
 
 def attach_from_dataset(model: TrainedModel, dataset: Dataset, cv_dir: str | Path | None = None,
-                        device: str = "auto", progress: Callable[[str], None] | None = None) -> Trust:
+                        device: str = "auto", progress: Callable[[str], None] | None = None,
+                        keep_reliability: bool = False) -> Trust:
     """Write the trust files of a saved run from its dataset (its recorded training and
-    validation sections); reliability from ``cv_dir`` when given, else its validation spots."""
+    validation sections); reliability from ``cv_dir`` when given, else its validation spots;
+    ``keep_reliability``: the run's own ``reliability.json`` is kept as it is (e.g. one from a
+    cross-validation no longer at hand) and only calibration and domain summary are rewritten."""
+    if keep_reliability and cv_dir is not None:
+        raise ValueError("keep the run's reliability or recompute it from a cross-validation, not both")
+    kept = None
+    if keep_reliability:
+        path = Path(model.run_dir) / RELIABILITY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{model.run_dir} has no {RELIABILITY_FILE} to keep")
+        kept = GeneReliability.load(path)
     train_names = list(model.config["training"].get("train_sections") or [])
     val_names = list(model.config["training"].get("val_sections") or [])
     unknown = [n for n in train_names + val_names if n not in dataset.section_names]
@@ -282,7 +293,7 @@ def attach_from_dataset(model: TrainedModel, dataset: Dataset, cv_dir: str | Pat
         if progress:
             progress(f"features of {name}")
         sections[name] = model.section_data(dataset[name], with_targets=True, device=device)
-    rel = reliability_from_cv(cv_dir, dataset, device) if cv_dir is not None else None
+    rel = reliability_from_cv(cv_dir, dataset, device) if cv_dir is not None else kept
     if progress:
         progress("calibrating")
     return attach_from_data(model, [sections[n] for n in train_names], [sections[n] for n in val_names],

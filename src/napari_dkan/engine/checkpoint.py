@@ -32,6 +32,9 @@ class CheckpointError(DataError):
     """A checkpoint is missing, corrupt, or does not fit what it is loaded into."""
 
 
+#: a run folder's configuration file (shared by runs.py and the torch-free ensemble_folder.py)
+CONFIG_FILE = "config.json"
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

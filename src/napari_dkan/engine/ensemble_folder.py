@@ -10,7 +10,7 @@ from napari_dkan.engine import checkpoint as ckpt
 
 KIND = "ensemble"
 MEMBERS_DIR = "members"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = ckpt.CONFIG_FILE
 
 
 def check_ensemble_config(config: dict[str, Any], path: Path) -> None:

@@ -40,7 +40,7 @@ from napari_dkan.storage import atomic_write, check_writable
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = ckpt.CONFIG_FILE
 TEXT_FILE = "gene_text.safetensors"
 FORMAT = "napari-dkan-run/1"
 PAPER_PROTOCOL_LABEL = "paper (checkpoint selected and early-stopped on the test fold: leaky)"

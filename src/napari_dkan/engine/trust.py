@@ -268,11 +268,13 @@ def reliability_from_cv(cv_dir: str | Path, dataset: Dataset | None = None,
 
 def attach_from_dataset(model: TrainedModel, dataset: Dataset, cv_dir: str | Path | None = None,
                         device: str = "auto", progress: Callable[[str], None] | None = None,
-                        keep_reliability: bool = False) -> Trust:
+                        keep_reliability: bool = False, spot_depth: bool | None = None,
+                        domain_scaling: bool | None = None) -> Trust:
     """Write the trust files of a saved run from its dataset (its recorded training and
     validation sections); reliability from ``cv_dir`` when given, else its validation spots;
     ``keep_reliability``: the run's own ``reliability.json`` is kept as it is (e.g. one from a
-    cross-validation no longer at hand) and only calibration and domain summary are rewritten."""
+    cross-validation no longer at hand) and only calibration and domain summary are rewritten;
+    ``spot_depth`` / ``domain_scaling`` as in :func:`attach_from_data`."""
     if keep_reliability and cv_dir is not None:
         raise ValueError("keep the run's reliability or recompute it from a cross-validation, not both")
     kept = None
@@ -297,4 +299,5 @@ def attach_from_dataset(model: TrainedModel, dataset: Dataset, cv_dir: str | Pat
     if progress:
         progress("calibrating")
     return attach_from_data(model, [sections[n] for n in train_names], [sections[n] for n in val_names],
-                            predict=lambda d: model.predict(d, device=device), reliability=rel)
+                            predict=lambda d: model.predict(d, device=device), reliability=rel,
+                            spot_depth=spot_depth, domain_scaling=domain_scaling)

@@ -505,7 +505,8 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
     assert main(["trust", str(her2st), "--model", str(run), "--cv", str(cv_dir), "--device", "cpu", "--json"]) == 0
     attached = _last_json(capsys)
     assert attached["calibration_sections"] == val
-    assert attached["calibration_version"] == 2 and attached["overdispersion"] >= 1.0
+    # version 3: the model error scaled by the out-of-domain score (the default since turn 5)
+    assert attached["calibration_version"] == 3 and attached["overdispersion"] >= 1.0
     assert attached["calibration_depth"] > 0
     assert "leave-one-section-out" in attached["reliability"]["protocol"]
     assert set(attached["ood_held_out"]) == set(val)  # one training section: the validation one is held out

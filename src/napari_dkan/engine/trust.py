@@ -51,10 +51,12 @@ if TYPE_CHECKING:
     from napari_dkan.engine.runs import TrainedModel
     from napari_dkan.io.dataset import Dataset
 
-#: how new calibrations are made (benchmarks/README.md, "Turn 5"): each spot read at its own
-#: depth where a section has counts; the model error scaled by the out-of-domain score
+#: how new calibrations are made, chosen by the rule declared in benchmarks/README.md ("Turn 5")
+#: on the bundled recipe's folds: each spot read at its own depth where a section has counts
+#: (candidate C1: no — B4 under-covered) and the model error scaled by the out-of-domain score
+#: (C2: yes — the only candidate within every coverage line)
 SPOT_DEPTH = False
-DOMAIN_SCALING = False
+DOMAIN_SCALING = True
 
 VALIDATION_PROTOCOL = "per-gene Pearson r on this run's validation spots (held out from training)"
 CV_PROTOCOL = ("leave-one-section-out cross-validation of this model's recipe: per-gene Pearson r "

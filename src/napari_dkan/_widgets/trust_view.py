@@ -217,7 +217,7 @@ def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = N
                 "(`napari-dkan trust` recalibrates)")
     reference = f"{calibration.measurement.reference.median:.0f}"
     if depth is None:
-        own = "each spot's own" if calibration.measurement.spot_depth else "the section's own"
+        own = "each spot's own" if calibration.spot_depth else "the section's own"
         return (tip + f"; for {own} sequencing depth when the section has counts, else the calibration "
                 f"section's (median {reference} panel counts per spot)")
     if depth.source == "measured per spot":

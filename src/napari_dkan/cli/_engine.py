@@ -441,8 +441,6 @@ def cmd_trust(args: argparse.Namespace) -> int:
              f"{model.run_dir / 'stain.json'}: staining of {', '.join(stain.sections)} "
              f"(LAB mean {', '.join(f'{v:.1f}' for v in stain.stats.mean)})")
         return 0
-    if args.keep_reliability and args.cv is not None:
-        raise DataError("--keep-reliability keeps the run's reliability.json; --cv recomputes it: choose one")
     trust = attach_from_dataset(model, ds, args.cv, device=args.device,
                                 progress=None if args.json else (lambda m: print(m, flush=True)),
                                 keep_reliability=args.keep_reliability)

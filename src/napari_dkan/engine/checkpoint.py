@@ -35,6 +35,7 @@ class CheckpointError(DataError):
 #: a run folder's configuration file (shared by runs.py and the torch-free ensemble_folder.py)
 CONFIG_FILE = "config.json"
 
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

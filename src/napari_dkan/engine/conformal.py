@@ -27,9 +27,10 @@ Version-1 files (written before) keep their symmetric ŷ ± q·σ intervals.
 **Version 3** adds two options, each recorded in the file: ``spot_depth`` — a section with counts
 is read at each spot's own depth (its neighbourhood's panel total) rather than at its depth
 profile, and the scale model predicts the model-error variance directly (squared residual less
-the spot's reading variance); ``domain_reference`` — the calibration sections' slide out-of-domain score: a section
-that scores higher gets its model-error sd multiplied by score ÷ reference (never less than 1),
-since a model errs more on images unlike those it learned from than on its calibration section.
+the spot's reading variance); ``domain_reference`` — the calibration sections' slide
+out-of-domain score: a section that scores higher gets its model-error sd multiplied by
+score ÷ reference (never less than 1), since a model errs more on images unlike those it learned
+from than on its calibration section.
 
 The scores are stored, so any level can be asked for later.
 """
@@ -147,15 +148,20 @@ class Calibration:
     domain_reference: float | None = None
 
     @property
+    def spot_depth(self) -> bool:
+        """Version 3: sections with counts are read at each spot's own depth."""
+        return self.measurement is not None and self.measurement.spot_depth
+
+    @property
     def version(self) -> int:
-        if self.domain_reference is not None or (self.measurement is not None and self.measurement.spot_depth):
+        if self.domain_reference is not None or self.spot_depth:
             return 3
         return 1 if self.measurement is None else 2
 
     @property
     def method(self) -> str:
         text = METHOD if self.measurement is None else DEPTH_METHOD
-        if self.measurement is not None and self.measurement.spot_depth:
+        if self.spot_depth:
             text += SPOT_DEPTH_METHOD
         return text + (DOMAIN_METHOD if self.domain_reference is not None else "")
 
@@ -186,7 +192,7 @@ class Calibration:
         """A depth-aware calibration's per-spot sd at the section's depth (N × G); the
         model-error part multiplied by ``inflation``."""
         sm = self.scale_model
-        if self.measurement is not None and self.measurement.spot_depth:
+        if self.spot_depth:
             model_var = sm.scale(pred, context)  # this scale model predicts the model-error variance
         else:
             model_var = np.maximum(sm.scale(pred, context) ** 2 - reading.var_reference, sm.floor[None, :] ** 2)
@@ -215,7 +221,7 @@ class Calibration:
                 "sections": self.sections, "genes": self.genes, "n_scores": len(self.scores), **(extra or {})}
         if self.version == 3:
             meta["domain_reference"] = self.domain_reference
-            meta["spot_depth"] = bool(self.measurement is not None and self.measurement.spot_depth)
+            meta["spot_depth"] = self.spot_depth
         tensors = {"coef": sm.coef.astype(np.float32), "floor": sm.floor.astype(np.float32),
                    "centre": sm.centre.astype(np.float32), "width": sm.width.astype(np.float32),
                    "scores": self.scores.astype(np.float32)}
@@ -256,9 +262,8 @@ def calibrate(pred: np.ndarray, truth: np.ndarray, context: np.ndarray, genes: S
     With ``measurement`` (and ``reading_var``, the calibration spots' reading variance at their
     section's depth, or — version 3's ``spot_depth`` — their :class:`Reading` at each spot's own
     depth against the reference profile) the calibration is depth-aware (module docstring);
-    ``domain_reference``: the
-    calibration spots' slide out-of-domain score, for version 3's domain scaling (on the
-    calibration spots themselves its factor is 1)."""
+    ``domain_reference``: the calibration spots' slide out-of-domain score, for version 3's
+    domain scaling (on the calibration spots themselves its factor is 1)."""
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     n = len(pred)

@@ -109,28 +109,21 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     −1 where absent (one column: no smoothing)."""
     from scipy import sparse
 
+    if profile.per_spot is not None:
+        return _moments_per_spot(pred, neighbours, profile.per_spot, overdispersion)
     p = rates(pred)
     valid = neighbours >= 0
     count = valid.sum(axis=1).astype(np.float64)
     spot, slot = np.nonzero(valid)
     average = sparse.csr_matrix((1.0 / count[spot], (spot, neighbours[spot, slot])), shape=(len(p), len(p)))
     average_var = sparse.csr_matrix((1.0 / count[spot] ** 2, (spot, neighbours[spot, slot])), shape=(len(p), len(p)))
-    if profile.per_spot is not None:
-        return _moments_per_spot(pred, neighbours, profile.per_spot, overdispersion)
     e_tabs, v_tabs = _reading_tables(profile.quantiles)
     mean = np.zeros_like(p)
     second = np.zeros_like(p)
-    log_grid = np.log(_GRID)
-    step = log_grid[1] - log_grid[0]
     for lo in range(0, p.shape[1], _GENE_CHUNK):
         cols = slice(lo, lo + _GENE_CHUNK)
         for e_tab, v_tab, depth in zip(e_tabs, v_tabs, profile.quantiles):
-            # linear interpolation on the grid, uniform in log λ
-            at = (np.log(np.clip(depth * p[:, cols], _GRID[0], _GRID[-1])) - log_grid[0]) / step
-            i = np.minimum(at.astype(np.int64), len(_GRID) - 2)
-            w = at - i
-            e = e_tab[i] * (1.0 - w) + e_tab[i + 1] * w
-            v = v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
+            e, v = _read_tables(e_tab, v_tab, depth * p[:, cols])
             m = average @ e
             var = overdispersion * (average_var @ v)
             mean[:, cols] += m
@@ -138,6 +131,16 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     k = len(profile.quantiles)
     mean /= k
     return mean, np.maximum(second / k - mean**2, 0.0)
+
+
+def _read_tables(e_tab: np.ndarray, v_tab: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One count's reading mean and variance at Poisson rates ``lam``: linear interpolation of a
+    depth's tables on the grid, uniform in log λ."""
+    log_grid = np.log(_GRID)
+    at = (np.log(np.clip(lam, _GRID[0], _GRID[-1])) - log_grid[0]) / (log_grid[1] - log_grid[0])
+    i = np.minimum(at.astype(np.int64), len(_GRID) - 2)
+    w = at - i
+    return e_tab[i] * (1.0 - w) + e_tab[i + 1] * w, v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
 
 
 def _moments_per_spot(pred: np.ndarray, neighbours: np.ndarray, depths: np.ndarray,
@@ -155,8 +158,6 @@ def _moments_per_spot(pred: np.ndarray, neighbours: np.ndarray, depths: np.ndarr
     bins = np.unique(which)
     at = np.array([float(np.exp(np.median(log_d[which == b]))) for b in bins])
     e_tabs, v_tabs = _reading_tables(at)
-    log_grid = np.log(_GRID)
-    step = log_grid[1] - log_grid[0]
     mean = np.zeros_like(p)
     var = np.zeros_like(p)
     for b, depth, e_tab, v_tab in zip(bins, at, e_tabs, v_tabs):
@@ -165,11 +166,7 @@ def _moments_per_spot(pred: np.ndarray, neighbours: np.ndarray, depths: np.ndarr
         valid = nbr >= 0
         sub, local = np.unique(np.where(valid, nbr, nbr[:, :1]), return_inverse=True)
         local = local.reshape(nbr.shape)
-        pos = (np.log(np.clip(depth * p[sub], _GRID[0], _GRID[-1])) - log_grid[0]) / step
-        i = np.minimum(pos.astype(np.int64), len(_GRID) - 2)
-        w = pos - i
-        e = e_tab[i] * (1.0 - w) + e_tab[i + 1] * w  # (S, G) one reading at this depth
-        v = v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
+        e, v = _read_tables(e_tab, v_tab, depth * p[sub])  # (S, G) one reading at this depth
         count = valid.sum(axis=1)[:, None].astype(np.float64)
         mask = valid[:, :, None]
         mean[rows] = (e[local] * mask).sum(axis=1) / count

@@ -45,6 +45,7 @@ from napari_dkan.engine.measurement import (
 )
 from napari_dkan.engine.metrics import pearson_per_gene
 from napari_dkan.engine.reliability import RELIABILITY_FILE, GeneReliability, from_folds
+from napari_dkan.io.errors import DataError
 
 if TYPE_CHECKING:
     from napari_dkan.engine.data import SectionData
@@ -126,7 +127,7 @@ def section_depth(calibration: Calibration, data: SectionData, depth: float | No
     if depth is not None:
         return reference.scaled_to(depth)
     if data.panel_counts is not None and len(data.panel_counts):
-        if calibration.measurement.spot_depth:
+        if calibration.spot_depth:
             return DepthProfile.of_spots(data.panel_counts, grid_neighbours(data.positions, smoothed))
         return DepthProfile.of_counts(data.panel_counts)
     return reference
@@ -278,7 +279,7 @@ def attach_from_dataset(model: TrainedModel, dataset: Dataset, cv_dir: str | Pat
     cross-validation no longer at hand) and only calibration and domain summary are rewritten;
     ``spot_depth`` / ``domain_scaling`` as in :func:`attach_from_data`."""
     if keep_reliability and cv_dir is not None:
-        raise ValueError("keep the run's reliability or recompute it from a cross-validation, not both")
+        raise DataError("--keep-reliability keeps the run's reliability.json; --cv recomputes it: choose one")
     kept = None
     if keep_reliability:
         path = Path(model.run_dir) / RELIABILITY_FILE

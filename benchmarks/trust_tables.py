@@ -33,6 +33,8 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,25 +84,57 @@ def spearman_by_gene(width: np.ndarray, err: np.ndarray) -> float:
     return float(np.nanmean(rhos)) if rhos else float("nan")
 
 
+def conformal_width_at(verr: np.ndarray, pred: np.ndarray, y: np.ndarray, target: float) -> float:
+    """Mean width of the constant-width split-conformal interval ŷ ± q_g (q_g: the k-th smallest
+    absolute residual of gene g on the calibration spots, one rank k for every gene) whose
+    coverage on the test section first reaches ``target``; NaN when no rank reaches it."""
+    ranked = np.sort(verr, axis=0)
+    err = np.abs(y - pred)
+
+    def cover(k: int) -> float:
+        return float((err <= ranked[k - 1][None, :]).mean())
+
+    lo, hi = 1, len(ranked)
+    if cover(hi) < target:
+        return float("nan")
+    while lo < hi:  # the smallest rank that reaches the target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if cover(mid) < target else (lo, mid)
+    return 2.0 * float(ranked[lo - 1].mean())
+
+
 TRUST_FILES = ("reliability.json", "calibration.safetensors", "domain.safetensors")
 #: the declared interval candidates: (each spot at its own depth, model error scaled by the domain score)
 CANDIDATES = {"C0": (False, False), "C1": (True, False), "C2": (False, True), "C3": (True, True)}
 
 
-def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
-              depth_blind: bool = False, only: list[str] | None = None,
-              candidate: str | None = None, with_foreign: bool = True) -> tuple[list[dict], dict]:
+@dataclass
+class Fold:
+    """One fold with its trust files attached: the held-out test section's data and prediction,
+    and the inner-validation (calibration) sections' data and predictions."""
+
+    test: str
+    model: Any
+    trust: Any
+    training: dict
+    data: Any
+    pred: np.ndarray
+    val: list
+    val_pred: np.ndarray
+    seconds_start: float
+
+
+def folds(cv_dir: Path, data_root: Path, device: str, work: Path, depth_blind: bool = False,
+          only: list[str] | None = None, candidate: str | None = None) -> Iterator[Fold]:
+    """Each fold folder of ``cv_dir`` copied into ``work``, its trust files attached after the fact
+    (calibration on its inner-validation sections only), and its test section predicted."""
     import shutil
 
-    from napari_dkan.engine.conformal import coverage_and_width
-    from napari_dkan.engine.data import Needs, load_section_data
     from napari_dkan.engine.runs import TrainedModel
-    from napari_dkan.engine.trust import assess, attach_from_data
+    from napari_dkan.engine.trust import attach_from_data
     from napari_dkan.io.formats import open_dataset
 
     ds = open_dataset(data_root)
-    foreign = foreign_slides() if with_foreign else {}
-    rows, foreign_scores = [], {name: {} for name in foreign}
     for source_dir in sorted(cv_dir.glob("fold-*")):
         t0 = time.perf_counter()
         test = source_dir.name.removeprefix("fold-")
@@ -130,14 +164,29 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
         model.reload_trust()
         data = load(test)
         pred = np.asarray(model.predict(data, device=device), dtype=np.float64)
+        vpred = np.concatenate([np.asarray(model.predict(d, device=device)) for d in val])
+        yield Fold(test, model, trust, tr, data, pred, val, vpred, t0)
+
+
+def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
+              depth_blind: bool = False, only: list[str] | None = None,
+              candidate: str | None = None, with_foreign: bool = True) -> tuple[list[dict], dict]:
+    from napari_dkan.engine.conformal import coverage_and_width
+    from napari_dkan.engine.data import Needs, load_section_data
+    from napari_dkan.engine.trust import assess
+
+    foreign = foreign_slides() if with_foreign else {}
+    rows, foreign_scores = [], {name: {} for name in foreign}
+    for fold in folds(cv_dir, data_root, device, work, depth_blind, only, candidate):
+        test, model, trust, tr, data, pred, val = (fold.test, fold.model, fold.trust, fold.training,
+                                                   fold.data, fold.pred, fold.val)
         err = np.abs(data.y - pred)
         row: dict = {"fold": test, "train": tr["train_sections"], "calibrated_on": tr["val_sections"],
                      "method": trust.calibration.method,
                      "median_gene_r": float(np.nanmedian(trust.reliability.r)),
                      "calibration_version": trust.calibration.version}
         # the constant-width baseline, calibrated on the same validation spots
-        vpred = np.concatenate([np.asarray(model.predict(d, device=device)) for d in val])
-        verr = np.abs(np.concatenate([d.y for d in val]) - vpred)
+        verr = np.abs(np.concatenate([d.y for d in val]) - fold.val_pred)
         for level in (0.8, 0.9):
             spot = assess(trust, pred, data, level, model.smoothing)
             lower, upper = (b.astype(np.float64) for b in spot.lower_upper())
@@ -157,6 +206,9 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
             equal_centre = np.array([np.quantile(off[:, g], per_gene[g]) for g in range(err.shape[1])])
             tag = round(level * 100)
             row[f"width_ratio_equal_coverage_centre_{tag}"] = width / (2 * float(equal_centre.mean()))
+            # the literal reading: the usual conformal interval (widths from the calibration spots
+            # only), at the one nominal level that gives it our coverage on the test section
+            row[f"width_ratio_conformal_same_coverage_{tag}"] = width / conformal_width_at(verr, pred, data.y, cov)
             row.update({f"coverage_{tag}": cov, f"width_{tag}": width,
                         f"const_coverage_{tag}": ccov, f"const_width_{tag}": cwidth,
                         f"width_ratio_equal_coverage_{tag}": width / (2 * float(equal.mean())),
@@ -175,7 +227,7 @@ def fold_rows(cv_dir: Path, data_root: Path, device: str, work: Path,
             feats = load_section_data(section, model.features, None, Needs(), device=device).patch_feat
             foreign_scores[name][test] = {"score": dom.slide_score(feats), "threshold": dom.threshold,
                                           "spots": len(feats)}
-        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row["seconds"] = round(time.perf_counter() - fold.seconds_start, 1)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "ood_held_out"}), flush=True)
     return rows, foreign_scores

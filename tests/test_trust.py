@@ -316,6 +316,8 @@ def test_domain_scaled_intervals_widen_only_for_images_unlike_the_calibration(tm
     spot = assess(Trust(calibration=scaled, domain=domain), p_test, test, 0.9)
     assert spot.inflation > 1.5
     assert f"×{spot.inflation:.2f}" in uncertainty_tip(scaled, spot.depth, "test", spot.inflation)
+    # the tip says what the width is not: a map of where the model errs
+    assert "not as a map of where the model errs" in uncertainty_tip(scaled, spot.depth, "test", spot.inflation)
     scaled.save(tmp_path / "v3.safetensors")
     back = Calibration.load(tmp_path / "v3.safetensors")
     assert back.version == 3 and back.domain_reference == pytest.approx(reference, rel=1e-6)

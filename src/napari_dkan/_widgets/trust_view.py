@@ -197,11 +197,25 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
         overlay.text = ""
 
 
+#: what the per-spot width does not tell (benchmarks/README.md, "Turn 6": on held-out sections the
+#: widths rank the spots' errors at Spearman ρ ≈ 0.19, and an interval of the same coverage with
+#: one width per gene is as narrow on the sections of the calibration section's patient)
+WIDTH_CAVEAT = ("; read the width as how far to trust this gene at this depth, not as a map of where the "
+                "model errs: on held-out sections it follows the gene, its predicted level and the "
+                "sequencing depth, and is about as wide where the model errs as where it does not")
+
+
 def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = None,
                     inflation: float = 1.0) -> str:
     """What the uncertainty layer shows, in words (and for which sequencing depth): before a
     prediction the rule, after it (``depth``: the prediction's DepthProfile; ``inflation``: its
-    out-of-domain factor on the model error) the depth and factor used."""
+    out-of-domain factor on the model error) the depth and factor used; and what the width does
+    not tell (:data:`WIDTH_CAVEAT`)."""
+    tip = _interval_rule(calibration, depth, section, inflation)
+    return tip if calibration is None else tip + WIDTH_CAVEAT
+
+
+def _interval_rule(calibration: Any, depth: Any, section: str | None, inflation: float) -> str:
     tip = "width of each spot's 90 % prediction interval for the chosen gene (calibrated on held-out spots)"
     if calibration is None:
         return tip

@@ -13,7 +13,6 @@ and 1 point of coverage goes to the simpler candidate (the order of ``--candidat
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trust_tables import SHARED, fold_rows  # noqa: E402
+from trust_tables import cv_parser, fold_rows  # noqa: E402
 
 LEVELS = (0.8, 0.9)
 
@@ -77,17 +76,13 @@ def markdown(name: str, rows: list[dict], f: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cv_dir", type=Path)
-    ap.add_argument("--data", type=Path, default=SHARED / "her2st")
-    ap.add_argument("--out", type=Path, required=True, help="work folder (fold copies with their trust files)")
+    ap = cv_parser(__doc__.split("\n")[0], out_required=True)
     ap.add_argument("--candidates", nargs="+", default=["C0", "C1", "C2", "C3"])
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     scored, all_rows = {}, {}
     for c in args.candidates:
-        rows, _ = fold_rows(args.cv_dir, args.data, "cpu", args.out / c, candidate=c, with_foreign=False)
+        rows, _ = fold_rows(args.cv_dir, args.data, args.device, args.out / c, candidate=c, with_foreign=False)
         all_rows[c], scored[c] = rows, figures(rows)
         print(markdown(c, rows, scored[c]) + "\n", flush=True)
     chosen = choose(scored)

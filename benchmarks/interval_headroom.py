@@ -23,7 +23,6 @@ For every fold of a leave-one-section-out CV folder (trust files attached as in
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trust_tables import SHARED, conformal_width_at, folds  # noqa: E402
+from trust_tables import conformal_width_at, cv_parser, folds  # noqa: E402
 
 LEVEL = 0.9
 
@@ -69,13 +68,7 @@ def headroom(y: np.ndarray, pred: np.ndarray, lower: np.ndarray, upper: np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cv_dir", type=Path)
-    ap.add_argument("--data", type=Path, default=SHARED / "her2st")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", type=Path, help="where the fold folders are copied (default: a temporary folder)")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
+    args = cv_parser(__doc__.split("\n")[0]).parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     from napari_dkan.engine.trust import assess
 

@@ -282,14 +282,22 @@ def markdown(rows: list[dict], foreign: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cv_parser(description: str, out_required: bool = False) -> argparse.ArgumentParser:
+    """The arguments every trust benchmark takes: a CV folder, the dataset, the device, where
+    the fold copies go and a JSON file for every figure."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("cv_dir", type=Path)
     ap.add_argument("--data", type=Path, default=SHARED / "her2st")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="write every figure here")
-    ap.add_argument("--out", type=Path, help="where the fold folders are copied and their trust files "
-                    "written (default: a temporary folder)")
+    ap.add_argument("--out", type=Path, required=out_required,
+                    help="where the fold folders are copied and their trust files written"
+                    + ("" if out_required else " (default: a temporary folder)"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = cv_parser(__doc__.split("\n")[0])
     ap.add_argument("--depth-blind", action="store_true",
                     help="calibrate without the sections' counts (version-1 intervals, depth ignored)")
     ap.add_argument("--folds", nargs="+", help="only these folds (test sections), e.g. while the others train")

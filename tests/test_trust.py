@@ -139,6 +139,26 @@ def test_depth_aware_intervals_calibrated_deep_cover_a_shallow_section() -> None
     assert abs(_coverage(aware, p_shallow, shallow, 0.9, depth=float(np.median(counts.sum(axis=1)))) - 0.9) < 0.05
 
 
+def test_depth_aware_bounds_are_never_upside_down() -> None:
+    """A prediction far below 0 (the networks write some) gives [0, 0], not an upper bound under
+    the lower one (the clip at 0 once applied to the lower bound only)."""
+    from napari_dkan.engine.conformal import spot_context
+    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+
+    rng = np.random.default_rng(3)
+    cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)
+    test, p_test = _poisson_section("test", 3000.0, rng)
+    measurement, var = depth_of_calibration([cal], [p_cal])
+    trust = Trust(calibration=calibrate(p_cal, cal.y, spot_context(p_cal, None, None),
+                                        [f"g{i}" for i in range(p_cal.shape[1])],
+                                        measurement=measurement, reading_var=var))
+    p_test = p_test.copy()
+    p_test[:5, 0] = -5.0  # far below any interval's half-width
+    lower, upper = assess(trust, p_test, test, 0.9).lower_upper()
+    assert (upper >= lower).all() and (lower >= 0).all()
+    assert (upper[:5, 0] == 0).all() and (lower[:5, 0] == 0).all()
+
+
 def test_depth_aware_intervals_for_unsmoothed_targets() -> None:
     from napari_dkan.engine.conformal import spot_context
     from napari_dkan.engine.trust import Trust, depth_of_calibration
@@ -412,6 +432,7 @@ def test_training_writes_trust_files_and_prediction_uses_them(tiny_run_dir: Path
     uns = adata.uns["napari_dkan"]
     assert uns["interval_level"] == 0.9
     assert np.all(adata.layers["lower"] <= adata.X) and np.all(adata.X <= adata.layers["upper"])
+    assert (adata.layers["upper"] >= adata.layers["lower"]).all()  # never upside down
     inside = (adata.layers["lower"] <= adata.layers["measured"]) & (adata.layers["measured"] <= adata.layers["upper"])
     assert 0.8 < inside.mean() < 0.99  # calibrated on C3 itself: about nominal
     assert uns["seen_by_model"] == "training"  # C3 trained this model
@@ -477,6 +498,16 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
     ev = _last_json(capsys)
     for where in (ev["folds"][0], ev["mean"]):
         assert 0.0 < where["COVERAGE-80"] < where["COVERAGE-90"] <= 1.0 and where["WIDTH-90"] > 0
+    assert ev["folds"][0]["seen_by_model"] is None and ev["seen_by_model"] == {}  # C3: unseen
+    assert main(["evaluate", str(her2st), "--model", str(run), "--sections", val[0], "--device", "cpu", "--json"]) == 0
+    ev_seen = _last_json(capsys)  # the validation section: scripts are told, as the text says
+    assert ev_seen["folds"][0]["seen_by_model"] == "validation" and ev_seen["seen_by_model"] == {val[0]: "validation"}
+    # a level given in per cent is refused before any work, with the fraction to write instead
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "-o", str(tmp_path / "x.h5ad"),
+              "--level", "90"])
+    assert refused.value.code == 2 and "write 0.9" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5ad").exists()
     out = tmp_path / "c3.h5ad"
     assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
                  "-o", str(out), "--level", "0.8", "--json"]) == 0
@@ -484,6 +515,7 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
     assert isinstance(pred["ood_score"], float) and pred["out_of_domain"] is False
     adata = anndata.read_h5ad(out)
     assert adata.uns["napari_dkan"]["interval_level"] == 0.8
+    assert (adata.layers["upper"] >= adata.layers["lower"]).all()  # never upside down
     inside = (adata.layers["lower"] <= adata.layers["measured"]) & (adata.layers["measured"] <= adata.layers["upper"])
     assert inside.mean() == pytest.approx(ev["folds"][0]["COVERAGE-80"], abs=1e-6)
     assert adata.uns["napari_dkan"]["interval_depth_source"] == "measured"  # C3's own counts

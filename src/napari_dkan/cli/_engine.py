@@ -107,13 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="run directory (or 'default')")
     p.add_argument("--image", help="full-resolution image of a Visium folder / .h5ad")
     p.add_argument("--mpp", type=float, help="µm per pixel when the image carries none")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
                    help="image encoder's inference runtime on a CPU: auto (default: OpenVINO or ONNX Runtime "
                    "when installed, torch on a GPU), torch, onnxruntime or openvino")
     p.add_argument("-o", "--output", required=True, type=Path, help="output .h5ad")
-    p.add_argument("--level", type=float, default=0.9,
-                   help="nominal coverage of the per-spot intervals (default 0.9)")
+    p.add_argument("--level", type=_fraction, default=0.9,
+                   help="nominal coverage of the per-spot intervals, a fraction between 0 and 1 (default 0.9)")
     p.add_argument("--depth", type=float, default=None,
                    help="sequencing depth the intervals are for, as the median panel total per spot "
                    "(default: the section's own when it has counts, else the calibration section's)")
@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-stain", action="store_true",
                    help="write only the stain reference (stain.json: the staining of the run's training "
                    "and validation sections, for --stain-normalise), leaving the other files as they are")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     add_json_flag(p)
     p.set_defaults(func=cmd_trust)
 
@@ -152,9 +152,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cv", action="store_true", help="the members are cross-validation folders (fold-*/)")
     p.add_argument("--dataset", help="with --cv: score each ensemble fold on its held-out section of this "
                    "dataset and write the ensemble's cv.json (its metrics and per-gene r per fold)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     add_json_flag(p)
     p.set_defaults(func=cmd_ensemble)
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (90 % is 0.9)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        hint = f" (for {value:g} % write {value / 100:g})" if 1.0 < value < 100.0 else ""
+        raise argparse.ArgumentTypeError(f"a nominal level is a fraction between 0 and 1, got {text}{hint}")
+    return value
 
 
 def _spec(args: argparse.Namespace):  # noqa: ANN202
@@ -334,13 +346,13 @@ def _say(text: str, enabled: bool) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _table(rows: list[dict], mean: dict, std: dict, keys: Sequence[str] = METRICS) -> str:
+def _table(rows: list[dict], mean: dict, std: dict, keys: Sequence[str] = METRICS, collapse: bool = True) -> str:
     w = max(9, *(len(m) + 2 for m in keys))
     head = f"{'fold':<10}" + "".join(f"{m:>{w}}" for m in keys)
     lines = [head] + [f"{str(r['fold']):<10}" + "".join(f"{_num(r[m]):>{w}}" for m in keys) for r in rows]
     lines.append(f"{'mean':<10}" + "".join(f"{_num(mean[m]):>{w}}" for m in keys))
     lines.append(f"{'std':<10}" + "".join(f"{_num(std[m]):>{w}}" for m in keys))
-    if "GENE-R-PRED" in mean:
+    if collapse and "GENE-R-PRED" in mean:
         from napari_dkan.engine.collapse import describe
 
         lines.append(describe(mean))
@@ -405,13 +417,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         s.name: model.stain_record(s) for s in ds.select(args.sections).sections if s.has_counts and s.has_image}
     payload = {"model": str(model.run_dir), "protocol": model.protocol, **rep.to_dict(),
                "stain_normalised": stain is not None, "stain_normalisation": stain}
+    # which evaluated sections trained or selected the model: scores there are optimistic
+    seen_roles = model.seen_sections
+    payload["folds"] = [{**f, "seen_by_model": seen_roles.get(str(f["fold"]))} for f in rep.folds]
+    payload["seen_by_model"] = {str(r["fold"]): seen_roles[str(r["fold"])] for r in rep.folds
+                                if str(r["fold"]) in seen_roles}
     text = (f"{model.kind} from {model.run_dir} [{model.protocol}]"
             + (" — stain-normalised to its training slides" if stain else "") + "\n") + _table(rep.folds, rep.mean, rep.std)
     if "COVERAGE-90" in rep.mean:
-        text += "\n" + _table(rep.folds, rep.mean, rep.std, COVERAGE)
+        text += "\n" + _table(rep.folds, rep.mean, rep.std, COVERAGE, collapse=False)
     else:
         text += "\nno calibration in this run: no interval coverage (`napari-dkan trust` adds one)"
-    seen = [n for r in rep.folds for n in [r["fold"]] if n in model.seen_sections]
+    seen = list(payload["seen_by_model"])
     if seen:
         text += (f"\n{', '.join(seen)}: used to train or select this model — the scores there are "
                  "optimistic")

@@ -211,7 +211,9 @@ class Calibration:
             raise ValueError("a depth-aware calibration needs the reading noise of the section")
         half = self.quantile(level)[None, :] * self.spread(pred, context, reading, inflation)
         centre = pred + reading.shift
-        return np.maximum(centre - half, 0.0), centre + half
+        # no target is negative: both bounds are clipped at 0 (a centre far below 0 gives [0, 0],
+        # never an upper bound under the lower one)
+        return np.maximum(centre - half, 0.0), np.maximum(centre + half, 0.0)
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         from napari_dkan.engine import checkpoint as ckpt

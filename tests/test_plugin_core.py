@@ -201,10 +201,10 @@ def test_hover_reads_the_spot_in_um_with_all_values_and_takes_extra_fields(sessi
     v = measured.values[3, 0]
     assert lines[1] == f"A: measured {v:.2f} · predicted 0.50 · residual {0.5 - v:.2f}"
     assert lines[2] == "interval for A at 3"
-    half = np.full(n, np.nan, dtype=np.float32)
-    half[3] = 0.2  # a calibrated model's interval: shown with the prediction
-    assert hover.spot_hover(session, 3, halfwidth=half)[1] == (
-        f"A: measured {v:.2f} · predicted 0.50 ± 0.20 · residual {0.5 - v:.2f}")
+    interval = np.full((n, 2), np.nan, dtype=np.float32)
+    interval[3] = (0.2, 0.9)  # a calibrated model's interval: shown with the prediction, as bounds
+    assert hover.spot_hover(session, 3, interval=interval, level=0.9)[1] == (
+        f"A: measured {v:.2f} · predicted 0.50 (90 % interval 0.20–0.90) · residual {0.5 - v:.2f}")
     assert hover.spot_hover(session, 4)[1] == f"A: measured {measured.values[4, 0]:.2f} · predicted n/a"
 
 

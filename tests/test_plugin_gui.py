@@ -208,8 +208,10 @@ def test_hover_shows_the_spot_in_um_and_measured_predicted_residual(qtbot, viewe
         text = status["coordinates"]
         assert text.startswith(f"x {spots.x[i] * mpp:,.0f} µm, y {spots.y[i] * mpp:,.0f} µm")
         assert f"spot {spots.spot_id[i]} at x {spots.x[i] * mpp:,.0f} µm" in text
-        half = viewer.layers["C2 · predicted"].metadata["napari_dkan"].get("halfwidth")
-        pm = "" if half is None else f" ± {half[i]:.2f}"  # the model's interval, when calibrated
+        meta = viewer.layers["C2 · predicted"].metadata["napari_dkan"]
+        interval = meta.get("interval")  # the model's interval, when calibrated
+        pm = "" if interval is None else (f" ({round(100 * meta['interval_level'])} % interval "
+                                          f"{interval[i, 0]:.2f}–{interval[i, 1]:.2f})")
         assert (f"{gene}: measured {measured:.2f} · predicted {predicted:.2f}{pm} · "
                 f"residual {predicted - measured:.2f}") in text
         assert other not in text  # not every feature column

@@ -122,17 +122,24 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert not text_overlay(viewer).visible and predicted.opacity == pytest.approx(0.9)
     np.testing.assert_allclose(layer.features[good].to_numpy(), 2 * dock._spot_trust.halfwidth[:, 0], rtol=1e-6)
     assert layer.face_color.shape[0] == len(half)
-    # the colours span the widths shown, not 0 … the largest: narrow and wide spots differ
+    # the colours run from 0: a map of wide intervals is all orange, its darkest spots not "sure"
     widths = layer.features[good].to_numpy()
     lo, hi = uncertainty_limits(widths)
-    assert lo == pytest.approx(np.percentile(widths, 1)) and hi == pytest.approx(np.percentile(widths, 99))
-    narrow, wide = int(np.argmin(widths)), int(np.argmax(widths))
-    assert not np.allclose(layer.face_color[narrow], layer.face_color[wide], atol=0.05)
+    assert lo == 0.0 and hi == pytest.approx(np.percentile(widths, 99))
+    # … and the dock says how wide they are against the predicted map's range
+    line = dock.trust.interval_line.text()
+    assert dock.trust.interval_line.isVisibleTo(dock) and line.startswith(f"{good}: 90 % intervals ")
+    assert f"{np.median(widths):.2f} wide (median)" in line
+    shown = dock.session.gene_values(dock.session.predicted)
+    p1, p99 = np.percentile(shown[np.isfinite(shown)], [1, 99])
+    assert f"spread ({p1:.2f}–{p99:.2f}, 1st–99th percentile)" in line
+    assert ("wider than the predicted values' spread" in line) == (np.median(widths) >= p99 - p1)
 
-    # hover: value ± half-width
+    # hover: the value and its interval's bounds (a depth-aware interval need not be centred on it)
     lines = hover_lines(predicted.features, 5, predicted.metadata["napari_dkan"])
     value = predicted.features[good].iloc[5]
-    assert lines[-1] == f"{good} (predicted): {value:.3f} ± {dock._spot_trust.halfwidth[5, 0]:.3f}"
+    lower, upper = dock._spot_trust.lower[5, 0], dock._spot_trust.upper[5, 0]
+    assert lines[-1] == f"{good} (predicted): {value:.3f} (90 % interval {lower:.2f}–{upper:.2f})"
     dock.set_uncertainty_visible(False)
     assert not layer.visible
 

@@ -54,6 +54,7 @@ from napari_dkan._widgets.sources import META_KEY, SectionSource, source_of_laye
 from napari_dkan._widgets.trust_view import (
     TrustPanel,
     UncertaintyLayer,
+    interval_summary,
     mark_reliability,
     uncertainty_tip,
 )
@@ -529,10 +530,21 @@ class PredictionDock(QWidget):
         predicted = self.builder.layer("predicted")
         if predicted is not None:
             self._mark_reliability()
-            half = None if self.uncertainty is None else self.uncertainty.gene_halfwidth(s.gene)
-            predicted.metadata[META_KEY]["halfwidth"] = half  # hover: value ± half-width
+            interval = None if self.uncertainty is None else self.uncertainty.gene_interval(s.gene)
+            predicted.metadata[META_KEY]["interval"] = interval  # hover: value (90 % interval lo–hi)
+            predicted.metadata[META_KEY]["interval_level"] = None if interval is None else self.uncertainty.level
+        self.trust.show_intervals(self._interval_line())
         if self.uncertainty is not None and self.trust.uncertainty.isChecked():
             self.uncertainty.show(True)
+
+    def _interval_line(self) -> str:
+        """The chosen gene's intervals against its predicted map's range, in words."""
+        s = self.session
+        interval = None if self.uncertainty is None else self.uncertainty.gene_interval(s.gene)
+        if interval is None or s.predicted is None:
+            return ""
+        return interval_summary(s.gene, interval[:, 1] - interval[:, 0], s.gene_values(s.predicted),
+                                self.uncertainty.level)
 
     def set_uncertainty_visible(self, visible: bool) -> Any:
         """Show the chosen gene's interval width as its own layer; returns it (None: no intervals)."""

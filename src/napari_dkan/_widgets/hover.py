@@ -33,10 +33,24 @@ def value_text(value: float) -> str:
     return f"{value:.2f}" if np.isfinite(value) else "n/a"
 
 
-def gene_readings(session: SpotSession, index: int,
-                  halfwidth: np.ndarray | None = None) -> list[tuple[str, str]]:
-    """(what, value text) of the current gene at the spot: measured, predicted (± the interval's
-    half-width when ``halfwidth``, per spot, is given), residual — as known."""
+def interval_text(lower: float, upper: float, level: float | None) -> str:
+    """A prediction interval in words: "90 % interval 0.40–2.10"."""
+    return (f"{round(100 * level)} % " if level else "") + f"interval {lower:.2f}–{upper:.2f}"
+
+
+def spot_interval(interval: np.ndarray | None, index: int) -> tuple[float, float] | None:
+    """Spot ``index``'s (lower, upper) from an (N, 2) array, when known there."""
+    if interval is None or index >= len(interval) or not np.all(np.isfinite(interval[index])):
+        return None
+    return float(interval[index, 0]), float(interval[index, 1])
+
+
+def gene_readings(session: SpotSession, index: int, interval: np.ndarray | None = None,
+                  level: float | None = None) -> list[tuple[str, str]]:
+    """(what, value text) of the current gene at the spot: measured, predicted (with its
+    prediction interval when ``interval``, (N, 2) lower and upper per spot, is given), residual —
+    as known.  The interval is shown as its bounds, not ± a half-width: a depth-aware interval is
+    for the section's reading and need not be centred on the prediction."""
     readings = []
     measured = predicted = np.nan
     if session.measured is not None:
@@ -45,9 +59,9 @@ def gene_readings(session: SpotSession, index: int,
     if session.predicted is not None:
         predicted = float(session.gene_values(session.predicted)[index])
         text = value_text(predicted)
-        if (halfwidth is not None and np.isfinite(predicted) and index < len(halfwidth)
-                and np.isfinite(halfwidth[index])):
-            text += f" ± {float(halfwidth[index]):.2f}"
+        bounds = spot_interval(interval, index)
+        if bounds is not None and np.isfinite(predicted):
+            text += f" ({interval_text(*bounds, level)})"
         readings.append(("predicted", text))
     if np.isfinite(measured) and np.isfinite(predicted):
         readings.append(("residual", value_text(predicted - measured)))
@@ -55,14 +69,15 @@ def gene_readings(session: SpotSession, index: int,
 
 
 def spot_hover(session: SpotSession, index: int, extra: Sequence[HoverField] = (),
-               halfwidth: np.ndarray | None = None) -> list[str]:
-    """The hover lines of spot ``index`` of the session's section (``halfwidth``: the current
-    gene's prediction-interval half-width per spot, shown as "predicted 1.10 ± 0.20")."""
+               interval: np.ndarray | None = None, level: float | None = None) -> list[str]:
+    """The hover lines of spot ``index`` of the session's section (``interval``: the current
+    gene's prediction interval per spot, (N, 2), shown as "predicted 1.10 (90 % interval
+    0.40–2.10)" with ``level``)."""
     spots = session.section.spots
     x, y = spot_position_um(session, index)
     lines = [f"spot {spots.spot_id[index]} at x {x:,.0f} µm, y {y:,.0f} µm"]
     if session.gene is not None:
-        readings = gene_readings(session, index, halfwidth)
+        readings = gene_readings(session, index, interval, level)
         if readings:
             lines.append(f"{session.gene}: " + " · ".join(f"{what} {v}" for what, v in readings))
     for field in (*EXTRA_FIELDS, *extra):

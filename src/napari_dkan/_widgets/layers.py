@@ -179,13 +179,12 @@ class LayerBuilder:
             features.iloc[rows, features.columns.get_indexer(list(genes))] = values[rows]
         return int(rows.size)
 
-    def _halfwidth(self) -> Any:
-        """The shown gene's interval half-width per spot, when the dock has put it on the
-        predicted layer (a model with a calibration), else None."""
+    def _interval(self) -> tuple[Any, Any]:
+        """The shown gene's prediction interval per spot ((N, 2) lower, upper) and its level,
+        when the dock has put them on the predicted layer (a model with a calibration)."""
         layer = self.layer(PREDICTED)
-        if layer is None:
-            return None
-        return layer.metadata.get(META_KEY, {}).get("halfwidth")
+        meta = {} if layer is None else layer.metadata.get(META_KEY, {})
+        return meta.get("interval"), meta.get("interval_level")
 
     def _metadata(self, role: str) -> dict[str, Any]:
         s = self.session
@@ -210,7 +209,12 @@ class LayerBuilder:
         )
         layer.text.visible = False  # no text labels: napari's "display text" box must say so
         session = self.session
-        layer.hover = lambda index: spot_hover(session, index, halfwidth=self._halfwidth())
+
+        def hover(index: int) -> list[str]:
+            interval, level = self._interval()
+            return spot_hover(session, index, interval=interval, level=level)
+
+        layer.hover = hover
         old = self._reader_layer(role)
         if old is not None:
             index = self.viewer.layers.index(old)

@@ -144,9 +144,9 @@ def hover_lines(features: Any, index: int, meta: dict[str, Any]) -> list[str]:
     if gene and gene in features:
         value = features[gene].iloc[index]
         what = f"{gene} ({meta['role']})" if meta.get("role") else gene
-        half = meta.get("halfwidth")  # the current gene's interval half-width per spot
-        pm = ""
-        if half is not None and index < len(half) and np.isfinite(half[index]):
-            pm = f" ± {half[index]:.3f}"
+        from napari_dkan._widgets.hover import interval_text, spot_interval
+
+        bounds = spot_interval(meta.get("interval"), index)  # the current gene's interval per spot
+        pm = "" if bounds is None else f" ({interval_text(*bounds, meta.get('interval_level'))})"
         lines.append(f"{what}: {value:.3f}{pm}" if np.isfinite(value) else f"{what}: n/a")
     return lines

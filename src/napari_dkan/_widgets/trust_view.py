@@ -81,18 +81,19 @@ class TrustPanel(QWidget):
         self.lineage.hide()
         self.missing = QLabel(wordWrap=True)
         self.missing.hide()
+        self.interval_line = QLabel(wordWrap=True)
+        self.interval_line.hide()
         self.order = QComboBox(toolTip="order or filter the gene list by expected r on unseen sections "
                                        "(reliable ≥ 0.3, unreliable < 0.1)")
         self.order.addItems([PANEL_ORDER, BY_RELIABILITY, RELIABLE_ONLY])
-        self.uncertainty = QCheckBox("Uncertainty layer", toolTip="width of each spot's 90 % "
-                                     "prediction interval for the chosen gene (calibrated on held-out spots)")
+        self.uncertainty = QCheckBox("Uncertainty layer", toolTip=uncertainty_tip(None))
         row = QHBoxLayout()
         row.addWidget(QLabel("genes:"))
         row.addWidget(self.order)
         row.addWidget(self.uncertainty)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for w in (self.banner, self.gene_line, self.seen, self.lineage, self.missing):
+        for w in (self.banner, self.gene_line, self.interval_line, self.seen, self.lineage, self.missing):
             layout.addWidget(w)
         layout.addLayout(row)
         self.order.currentIndexChanged.connect(lambda _: self.order_changed.emit())
@@ -136,6 +137,11 @@ class TrustPanel(QWidget):
         if verdict(rel.of(gene)) == "unreliable":
             text = f"<b>{text}</b> — do not read this gene's map as expression"
         self.gene_line.setText(text)
+
+    def show_intervals(self, text: str) -> None:
+        """The chosen gene's interval line (:func:`interval_summary`); empty: hidden."""
+        self.interval_line.setText(text)
+        self.interval_line.setVisible(bool(text))
 
     def show_domain(self, spot_trust: SpotTrust | None, model: TrainedModel | None) -> None:
         check = None if spot_trust is None else spot_trust.domain
@@ -200,48 +206,49 @@ def mark_reliability(viewer: Any, layer: Any, model: TrainedModel | None, gene: 
 #: what the per-spot width does not tell (benchmarks/README.md, "Turn 6": on held-out sections the
 #: widths rank the spots' errors at Spearman ρ ≈ 0.19, and an interval of the same coverage with
 #: one width per gene is as narrow on the sections of the calibration section's patient)
-WIDTH_CAVEAT = ("; read the width as how far to trust this gene at this depth, not as a map of where the "
-                "model errs: on held-out sections it follows the gene, its predicted level and the "
-                "sequencing depth, and is about as wide where the model errs as where it does not")
+WIDTH_CAVEAT = ("Read the width as how far to trust this gene at this depth, not as a map of where the "
+                "model errs: on unseen sections it follows the gene, its predicted level and the "
+                "sequencing depth, and is about as wide where the model errs as where it does not.")
 
 
 def uncertainty_tip(calibration: Any, depth: Any = None, section: str | None = None,
                     inflation: float = 1.0) -> str:
-    """What the uncertainty layer shows, in words (and for which sequencing depth): before a
-    prediction the rule, after it (``depth``: the prediction's DepthProfile; ``inflation``: its
-    out-of-domain factor on the model error) the depth and factor used; and what the width does
-    not tell (:data:`WIDTH_CAVEAT`)."""
-    tip = _interval_rule(calibration, depth, section, inflation)
-    return tip if calibration is None else tip + WIDTH_CAVEAT
-
-
-def _interval_rule(calibration: Any, depth: Any, section: str | None, inflation: float) -> str:
-    tip = "width of each spot's 90 % prediction interval for the chosen gene (calibrated on held-out spots)"
+    """What the uncertainty layer shows, in short lines, the most important first: what the
+    width is, what it is not (:data:`WIDTH_CAVEAT`), then — before a prediction the rule, after
+    it (``depth``: the prediction's DepthProfile; ``inflation``: its out-of-domain factor on the
+    model error) — the sequencing depth and the widening used."""
+    head = ("The width of each spot's 90 % prediction interval for the chosen gene, in the map's units "
+            "(calibrated on spots the model did not train on).")
     if calibration is None:
-        return tip
+        return head
+    lines = [head, WIDTH_CAVEAT, _depth_line(calibration, depth, section)]
     if inflation > 1.0:
-        tip += (f"; widened: the model's error is taken ×{inflation:.2f}, as these images look that much "
-                "further from the training images than the calibration section's")
+        lines.append(f"Widened ×{inflation:.2f}: the model's error is taken that much larger, as these images "
+                     "sit that much further from the training images than the calibration section's.")
     elif getattr(calibration, "domain_reference", None) is not None and depth is None:
-        tip += ("; widened for a section whose images look further from the training images than the "
-                "calibration section's")
+        lines.append("Widened for a section whose images sit further from the training images than the "
+                     "calibration section's.")
+    return "\n".join(lines)
+
+
+def _depth_line(calibration: Any, depth: Any, section: str | None) -> str:
+    """Which sequencing depth the intervals are for (a measured reading is noisier when shallow)."""
     if calibration.measurement is None:
-        return (tip + "; calibrated before intervals knew the sequencing depth: a section sequenced "
-                "shallower than the calibration section gets intervals that are too narrow "
-                "(`napari-dkan trust` recalibrates)")
+        return ("Calibrated before intervals knew the sequencing depth: a section sequenced shallower than "
+                "the calibration section gets intervals that are too narrow (`napari-dkan trust` recalibrates).")
     reference = f"{calibration.measurement.reference.median:.0f}"
     if depth is None:
         own = "each spot's own" if calibration.spot_depth else "the section's own"
-        return (tip + f"; for {own} sequencing depth when the section has counts, else the calibration "
-                f"section's (median {reference} panel counts per spot)")
+        return (f"For {own} sequencing depth when the section has counts, else the calibration "
+                f"section's (median {reference} panel counts per spot).")
     if depth.source == "measured per spot":
-        return (tip + f"; intervals for each spot's own measured sequencing depth ({section or 'this section'}: "
-                f"median {depth.median:.0f} panel counts per spot; calibration section: {reference})")
+        return (f"For each spot's own measured sequencing depth ({section or 'this section'}: "
+                f"median {depth.median:.0f} panel counts per spot; calibration section: {reference}).")
     whose = {"measured": f"{section or 'this section'}'s own measured sequencing depth",
              "given": "the sequencing depth you gave"}.get(
         depth.source, "the calibration section's sequencing depth (this section has no counts)")
-    return (tip + f"; intervals for {whose}: median {depth.median:.0f} panel counts per spot "
-            f"(calibration section: {reference})")
+    return (f"For {whose}: median {depth.median:.0f} panel counts per spot "
+            f"(calibration section: {reference}).")
 
 
 class UncertaintyLayer:
@@ -251,35 +258,43 @@ class UncertaintyLayer:
         self.viewer = viewer
         self.builder = builder
         self.layer: SpotsLayer | None = None
-        self.halfwidth: np.ndarray | None = None  # (N spots of the section, G), NaN off-scope
+        #: (N spots of the section, G, 2): each spot's lower and upper bound; NaN off-scope
+        self.bounds: np.ndarray | None = None
         self.level = 0.9
         self._stale = False
 
+    @property
+    def widths(self) -> np.ndarray | None:
+        """(N, G) interval widths (NaN where not predicted)."""
+        return None if self.bounds is None else self.bounds[..., 1] - self.bounds[..., 0]
+
     def set_trust(self, spot_trust: SpotTrust | None, spot_index: np.ndarray | None) -> None:
         session = self.builder.session
-        if spot_trust is None or spot_trust.halfwidth is None or spot_index is None:
-            self.halfwidth = None
+        if spot_trust is None or spot_trust.lower is None or spot_index is None:
+            self.bounds = None
             return
-        full = np.full((session.n_spots, spot_trust.halfwidth.shape[1]), np.nan, dtype=np.float32)
-        full[spot_index] = spot_trust.halfwidth
-        self.halfwidth = full
+        full = np.full((session.n_spots, spot_trust.lower.shape[1], 2), np.nan, dtype=np.float32)
+        full[spot_index, :, 0] = spot_trust.lower
+        full[spot_index, :, 1] = spot_trust.upper
+        self.bounds = full
         self.level = spot_trust.level
         self._stale = True
         if self.layer is not None and self.layer in self.viewer.layers:
             self._fill()
 
-    def gene_halfwidth(self, gene: str | None) -> np.ndarray | None:
+    def gene_interval(self, gene: str | None) -> np.ndarray | None:
+        """The gene's (N, 2) lower and upper bounds per spot of the section."""
         session = self.builder.session
-        if self.halfwidth is None or gene is None or session.model is None or gene not in session.model.panel:
+        if self.bounds is None or gene is None or session.model is None or gene not in session.model.panel:
             return None
-        return self.halfwidth[:, session.model.panel.index(gene)]
+        return self.bounds[:, session.model.panel.index(gene), :]
 
     def show(self, visible: bool) -> SpotsLayer | None:
         if not visible:
             if self.layer is not None and self.layer in self.viewer.layers:
                 self.layer.visible = False
             return self.layer
-        if self.halfwidth is None:
+        if self.bounds is None:
             return None
         if self.layer is None or self.layer not in self.viewer.layers:
             self._add()
@@ -308,7 +323,7 @@ class UncertaintyLayer:
 
     def _features(self) -> Any:
         session = self.builder.session
-        features = spot_features(session.section.spots.spot_id, session.model.panel, 2 * self.halfwidth)
+        features = spot_features(session.section.spots.spot_id, session.model.panel, self.widths)
         features[COLOUR_VALUE] = np.float32(np.nan)  # coloured through it (see SpotsLayer.colour_by)
         return features
 
@@ -337,21 +352,41 @@ class UncertaintyLayer:
 
 
 def uncertainty_limits(widths: np.ndarray) -> tuple[float, float]:
-    """Colour limits of the uncertainty layer: the 1st to 99th percentile of the widths shown.
+    """Colour limits of the uncertainty layer: 0 to the 99th percentile of the widths shown.
 
-    From 0 they were unreadable where every interval is wide (a shallow section: B4's ERBB2
-    widths run 1.95–2.59, so every spot was the same orange); stretched over the range the
-    widths take, the map shows where the model is less sure, and the colorbar's ticks say
-    how wide that is.  Widths all alike fall back to 0 … their value.
+    Turn 5 stretched them over the 1st–99th percentile, so that B4's ERBB2 widths (1.95–2.59)
+    were not all the same orange; a new user then read the darkest spots as "sure", though every
+    one of those intervals was wider than the whole predicted map — and on held-out sections the
+    per-spot differences barely follow the errors (benchmarks/README.md, "Turn 6").  From 0, an
+    all-wide map is all orange, as it should be; the dock's interval line says how the widths
+    compare with the predicted map's range.
     """
     finite = np.asarray(widths, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(finite, [1, 99]))
-    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
-        return 0.0, hi if hi > 0 else 1.0
-    return lo, hi
+    hi = float(np.percentile(finite, 99))
+    return 0.0, hi if hi > 0 else 1.0
+
+
+def interval_summary(gene: str, widths: np.ndarray | None, predicted: np.ndarray | None,
+                     level: float) -> str:
+    """The chosen gene's intervals in one line, against the spread of its predicted map: whether
+    the map's spots can be told apart at all."""
+    if widths is None or predicted is None:
+        return ""
+    w = np.asarray(widths, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    ok = np.isfinite(w) & np.isfinite(p)
+    if not ok.any():
+        return ""
+    width = float(np.median(w[ok]))
+    lo, hi = (float(v) for v in np.percentile(p[ok], [1, 99]))
+    head = f"{gene}: {round(100 * level)} % intervals {width:.2f} wide (median)"
+    spread = f"the predicted values' spread ({lo:.2f}–{hi:.2f}, 1st–99th percentile)"
+    if width >= hi - lo:
+        return f"{head} — wider than {spread}: no spot's level can be told from another's"
+    return f"{head}, {round(100 * width / (hi - lo))} % of {spread}"
 
 
 def uncertainty_title(gene: str, level: float) -> str:

@@ -132,8 +132,8 @@ def test_dock_shows_reliability_training_notice_and_uncertainty(qtbot, viewer, d
     assert f"{np.median(widths):.2f} wide (median)" in line
     shown = dock.session.gene_values(dock.session.predicted)
     p1, p99 = np.percentile(shown[np.isfinite(shown)], [1, 99])
-    assert f"spread ({p1:.2f}–{p99:.2f}, 1st–99th percentile)" in line
-    assert ("wider than the predicted values' spread" in line) == (np.median(widths) >= p99 - p1)
+    assert f"the predictions' spread ({p1:.2f}–{p99:.2f})" in line
+    assert ("the map cannot tell its spots apart" in line) == (np.median(widths) >= p99 - p1)
 
     # hover: the value and its interval's bounds (a depth-aware interval need not be centred on it)
     lines = hover_lines(predicted.features, 5, predicted.metadata["napari_dkan"])

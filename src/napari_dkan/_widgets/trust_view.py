@@ -81,7 +81,10 @@ class TrustPanel(QWidget):
         self.lineage.hide()
         self.missing = QLabel(wordWrap=True)
         self.missing.hide()
-        self.interval_line = QLabel(wordWrap=True)
+        self.interval_line = QLabel(wordWrap=True, toolTip=(
+            "the chosen gene's median interval width against the spread of its predicted values "
+            "(1st to 99th percentile over the predicted spots): an interval wider than that spread "
+            "covers every level the map shows"))
         self.interval_line.hide()
         self.order = QComboBox(toolTip="order or filter the gene list by expected r on unseen sections "
                                        "(reliable ≥ 0.3, unreliable < 0.1)")
@@ -383,9 +386,9 @@ def interval_summary(gene: str, widths: np.ndarray | None, predicted: np.ndarray
     width = float(np.median(w[ok]))
     lo, hi = (float(v) for v in np.percentile(p[ok], [1, 99]))
     head = f"{gene}: {round(100 * level)} % intervals {width:.2f} wide (median)"
-    spread = f"the predicted values' spread ({lo:.2f}–{hi:.2f}, 1st–99th percentile)"
+    spread = f"the predictions' spread ({lo:.2f}–{hi:.2f})"  # 1st–99th percentile (the label's tooltip)
     if width >= hi - lo:
-        return f"{head} — wider than {spread}: no spot's level can be told from another's"
+        return f"{head}, wider than {spread}: the map cannot tell its spots apart"
     return f"{head}, {round(100 * width / (hi - lo))} % of {spread}"
 
 

@@ -139,11 +139,12 @@ def test_depth_aware_intervals_calibrated_deep_cover_a_shallow_section() -> None
     assert abs(_coverage(aware, p_shallow, shallow, 0.9, depth=float(np.median(counts.sum(axis=1)))) - 0.9) < 0.05
 
 
-def test_depth_aware_bounds_are_never_upside_down() -> None:
+def test_depth_aware_bounds_are_never_upside_down_nor_beyond_the_target_range() -> None:
     """A prediction far below 0 (the networks write some) gives [0, 0], not an upper bound under
-    the lower one (the clip at 0 once applied to the lower bound only)."""
+    the lower one (the clip at 0 once applied to the lower bound only); nor is an upper bound
+    ever above the largest target value."""
     from napari_dkan.engine.conformal import spot_context
-    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration, reading_of, section_depth
 
     rng = np.random.default_rng(3)
     cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)
@@ -157,6 +158,13 @@ def test_depth_aware_bounds_are_never_upside_down() -> None:
     lower, upper = assess(trust, p_test, test, 0.9).lower_upper()
     assert (upper >= lower).all() and (lower >= 0).all()
     assert (upper[:5, 0] == 0).all() and (lower[:5, 0] == 0).all()
+    # a far-off slide's widened intervals stop at the largest value a target can take
+    from napari_dkan.io.expression import TARGET_MAX
+
+    ctx = spot_context(p_test, None, None)
+    reading = reading_of(trust.calibration, p_test, test, section_depth(trust.calibration, test))
+    lo_wide, up_wide = trust.calibration.bounds(p_test, ctx, 0.9, reading, inflation=200.0)
+    assert up_wide.max() == pytest.approx(TARGET_MAX) and (lo_wide >= 0).all() and (up_wide >= lo_wide).all()
 
 
 def test_depth_aware_intervals_for_unsmoothed_targets() -> None:

@@ -46,6 +46,7 @@ import numpy as np
 
 from napari_dkan.engine.domain import DomainSummary
 from napari_dkan.engine.measurement import DepthProfile
+from napari_dkan.io.expression import TARGET_MAX
 
 CALIBRATION_FILE = "calibration.safetensors"
 DEFAULT_LEVEL = 0.9
@@ -211,9 +212,10 @@ class Calibration:
             raise ValueError("a depth-aware calibration needs the reading noise of the section")
         half = self.quantile(level)[None, :] * self.spread(pred, context, reading, inflation)
         centre = pred + reading.shift
-        # no target is negative: both bounds are clipped at 0 (a centre far below 0 gives [0, 0],
-        # never an upper bound under the lower one)
-        return np.maximum(centre - half, 0.0), np.maximum(centre + half, 0.0)
+        # a target lies in [0, TARGET_MAX]: both bounds are clipped to it (a centre far below 0
+        # gives [0, 0], never an upper bound under the lower one; an out-of-domain slide's widened
+        # intervals stop at the largest value a gene can take)
+        return (np.clip(centre - half, 0.0, TARGET_MAX), np.clip(centre + half, 0.0, TARGET_MAX))
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         from napari_dkan.engine import checkpoint as ckpt

@@ -25,6 +25,8 @@ from napari_dkan.io.errors import DataError
 from napari_dkan.io.spots import SpotTable
 
 TARGET_SUM = 10_000.0
+#: the largest target value there is: a gene holding the whole panel total of its spot
+TARGET_MAX = float(np.log10(1.0 + TARGET_SUM))
 
 
 class PanelMethod(str, enum.Enum):

@@ -142,6 +142,41 @@ def test_cv_reruns_chosen_folds_identically(her2st, panel_file):
         cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, only_folds=["B9"])
 
 
+def test_cv_folds_run_apart_into_one_folder_keep_one_full_record(her2st, panel_file, tmp_path):
+    """Processes sharing a folder with ``only_folds`` each rewrite cv.json: the record must cover
+    every finished fold of the run (it once held the last process's folds only, and reliability
+    read from it lost the others), and never a fold of another run left in the folder."""
+    import json
+
+    from napari_dkan.engine.cv import CV_FILE, cross_validate
+    from napari_dkan.engine.data import FeatureSpec
+    from napari_dkan.engine.runs import RunSpec
+    from napari_dkan.io import open_dataset
+
+    ds = open_dataset(her2st)
+    panel = panel_file.read_text().split()
+    spec = RunSpec.for_preset("ridge", "paper", features=FeatureSpec(encoder="tiny"))
+    spec.settings.device = "cpu"
+    sections, out = ["C2", "C3", "C4"], tmp_path / "cv"
+    full = cross_validate(ds, spec, "sections", sections, panel=panel).to_dict()
+    cross_validate(ds, spec, "sections", sections, panel=panel, out_dir=out, only_folds=["C3"])
+    second = cross_validate(ds, spec, "sections", sections, panel=panel, out_dir=out, only_folds=["C2"]).to_dict()
+    recorded = json.loads((out / CV_FILE).read_text())
+    for result in (second, recorded):
+        assert [f["fold"] for f in result["folds"]] == ["C2", "C3"]  # plan order; C4 never ran
+        for got, want in zip(result["folds"], full["folds"][:2]):
+            assert got["PCC-ALL"] == pytest.approx(want["PCC-ALL"], rel=1e-6)
+            assert got["val_sections"] == want["val_sections"] and got["train_sections"] == want["train_sections"]
+    assert len(recorded["folds"][1]["gene_pcc"]) == len(panel)
+    # a fold of another run (another seed) in the folder is not taken into this run's record
+    other = RunSpec.for_preset("ridge", "paper", features=FeatureSpec(encoder="tiny"))
+    other.settings.device, other.settings.seed = "cpu", spec.settings.seed + 1
+    cross_validate(ds, other, "sections", sections, panel=panel, out_dir=tmp_path / "cv2", only_folds=["C4"])
+    (tmp_path / "cv2" / "fold-C4").rename(out / "fold-C4")
+    again = cross_validate(ds, spec, "sections", sections, panel=panel, out_dir=out, only_folds=["C2"]).to_dict()
+    assert [f["fold"] for f in again["folds"]] == ["C2", "C3"]
+
+
 def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_file, capsys):
     """Members of a seed ensemble must share each fold's validation section (the ensemble is
     calibrated on it): ``--inner-seed`` draws it independently of the training seed."""

@@ -144,7 +144,13 @@ def test_depth_aware_bounds_are_never_upside_down_nor_beyond_the_target_range() 
     the lower one (the clip at 0 once applied to the lower bound only); nor is an upper bound
     ever above the largest target value."""
     from napari_dkan.engine.conformal import spot_context
-    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration, reading_of, section_depth
+    from napari_dkan.engine.trust import (
+        Trust,
+        assess,
+        depth_of_calibration,
+        reading_of,
+        section_depth,
+    )
 
     rng = np.random.default_rng(3)
     cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", default="sections", help="sections (default), patients, or kfold:K")
     p.add_argument("-o", "--output", type=Path, help="keep each fold's run here (resumable)")
     p.add_argument("--only-folds", nargs="+", metavar="FOLD",
-                   help="run just these folds (e.g. B4; several processes can share one -o folder)")
+                   help="run just these folds (e.g. B4; several processes can share one -o folder: its "
+                   "cv.json then scores every finished fold of the same run found there)")
     p.add_argument("--inner-seed", type=int, metavar="SEED",
                    help="draw each fold's inner-validation section with this seed instead of --seed: "
                    "runs of several seeds that are to be ensembled then share their validation sections "

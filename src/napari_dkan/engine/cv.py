@@ -26,6 +26,7 @@ from napari_dkan.engine.runs import (
     RunSpec,
     TrainedModel,
     gene_text_for,
+    preflight_run_folder,
     prepare_sections,
     train_model,
 )
@@ -123,7 +124,7 @@ def cross_validate(
     panel = list(panel) if panel is not None else dataset_panel(dataset)
     check_panel(panel, usable)
     patients = {s.name: s.patient for s in usable}
-    folds = make_folds([s.name for s in usable], patients, folds_by, seed=spec.settings.seed)
+    plan = folds = make_folds([s.name for s in usable], patients, folds_by, seed=spec.settings.seed)
     if only_folds is not None:
         unknown = sorted(set(only_folds) - {f.name for f in folds})
         if unknown:
@@ -136,7 +137,21 @@ def cross_validate(
         tmp = tempfile.TemporaryDirectory(prefix="napari-dkan-cv-")
         out_dir = Path(tmp.name)
     predictions: dict[str, np.ndarray] = {}
-    fold_info = []
+    fold_info: dict[str, dict[str, Any]] = {}
+
+    def predict_fold(fold: Fold, model: TrainedModel) -> None:
+        if stain_normalise:  # the fold's test sections, normalised to its own reference
+            model.use_stain_normalisation()
+        for name in fold.test:
+            test = data[name] if not stain_normalise else model.section_data(
+                dataset[name], device=spec.settings.device, cancel=cancel)
+            predictions[name] = model.predict(test, device=spec.settings.device)
+        res, tr = model.config.get("result", {}), model.config.get("training", {})
+        fold_info[fold.name] = {"train_sections": list(tr.get("train_sections") or []),
+                                "val_sections": list(tr.get("val_sections") or []),
+                                "parameters": model.n_parameters, "best_epoch": res.get("best_epoch"),
+                                "epochs_run": res.get("epochs_run"), "val_pcc": res.get("best_val_pcc")}
+
     try:
         for k, fold in enumerate(folds):
             check_cancel(cancel, "cross-validation")
@@ -154,29 +169,37 @@ def cross_validate(
             model = train_model(local, fit_names, val_names, spec, panel, out_dir / f"fold-{fold.name}",
                                 gene_text=gene_text, dataset_info={"path": str(dataset.root)},
                                 on_event=cb, cancel=cancel, sections=usable)
-            if stain_normalise:  # the fold's test sections, normalised to its own reference
-                model.use_stain_normalisation()
-            for name in fold.test:
-                test = data[name] if not stain_normalise else model.section_data(
-                    dataset[name], device=spec.settings.device, cancel=cancel)
-                predictions[name] = model.predict(test, device=spec.settings.device)
-            res = model.config.get("result", {})
-            fold_info.append({"train_sections": fit_names, "val_sections": val_names,
-                              "parameters": model.n_parameters,
-                              "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"),
-                              "val_pcc": res.get("best_val_pcc")})
+            predict_fold(fold, model)
+        if only_folds is not None and tmp is None:
+            # the folder's record covers every finished fold of this run, not only those run now
+            # (processes sharing one folder with --only-folds each rewrite cv.json)
+            for fold in plan:
+                if fold.name not in fold_info:
+                    finished = _finished_fold(Path(out_dir) / f"fold-{fold.name}", spec, dataset)
+                    if finished is not None:
+                        predict_fold(fold, finished)
+            folds = [f for f in plan if f.name in fold_info]
     finally:
         if tmp is not None:
             tmp.cleanup()
     rep = score_sections(predictions, data, folds, panel)
     protocol = PAPER_PROTOCOL_LABEL if spec.protocol == "paper" else INNER_PROTOCOL_LABEL
     gene_pcc = _gene_pcc(folds, predictions, data)
-    result = CVResult(rep, spec.model, protocol, time.perf_counter() - t0, panel, fold_info, gene_pcc)
+    result = CVResult(rep, spec.model, protocol, time.perf_counter() - t0, panel,
+                      [fold_info[f.name] for f in folds], gene_pcc)
     if tmp is None:  # a kept folder records its figures, per-gene r per fold included
         from napari_dkan.engine import checkpoint as ckpt
 
         ckpt.write_json(Path(out_dir) / CV_FILE, result.to_dict(genes=True))
     return result
+
+
+def _finished_fold(path: Path, spec: RunSpec, dataset: Dataset) -> TrainedModel | None:
+    """The fold run in ``path`` when it is finished and was trained with ``spec`` on ``dataset``."""
+    folder = preflight_run_folder(path, spec, str(dataset.root))
+    if folder.action != "finished" or not folder.complete:
+        return None
+    return TrainedModel.load(path)
 
 
 def _gene_pcc(folds: Sequence[Fold], predictions: dict[str, np.ndarray],

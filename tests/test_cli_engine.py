@@ -104,6 +104,18 @@ def test_predict_section_and_lattice_to_h5ad(her2st, wsi_dir, panel_file, tmp_pa
     assert info["spots"] == ad.n_obs == 187 and list(ad.var_names) == panel_file.read_text().split()
     assert ad.obsm["spatial"].shape == (187, 2) and "measured" in ad.layers
     assert np.isfinite(ad.X).all() and json.loads(ad.uns["napari_dkan"]["model"])["model"] == "dkan"
+    assert (ad.X >= 0).all() and info["raised_to_0"] == ad.uns["napari_dkan"]["raised_to_0"]
+    # a prediction below 0 means "not detected": written as 0 (as the dock exports it), and counted
+    from napari_dkan.engine.predict import predict_section
+    from napari_dkan.engine.runs import TrainedModel
+    from napari_dkan.io import open_dataset
+
+    model = TrainedModel.load(run)
+    raw = model.predict(model.section_data(open_dataset(her2st)["C2"], device="cpu"), device="cpu")
+    model.predict = lambda *a, **k: raw - 1.0  # undershoots wherever a value is under 1
+    low = predict_section(model, open_dataset(her2st)["C2"], device="cpu")
+    assert low.uns["napari_dkan"]["raised_to_0"] == int((raw < 1.0).sum()) > 0
+    np.testing.assert_allclose(low.X, np.maximum(raw - 1.0, 0.0), rtol=1e-6)
     lat = tmp_path / "cmu.h5ad"
     assert main(["predict", str(wsi_dir / "CMU-1-Small-Region.svs"), "--model", str(run),
                  "--device", "cpu", "-o", str(lat)]) == 0

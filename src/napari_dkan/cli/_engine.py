@@ -549,8 +549,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                "interval_level": uns.get("interval_level"), "interval_depth": uns.get("interval_depth"),
                "interval_depth_source": uns.get("interval_depth_source"),
                "interval_domain_factor": uns.get("interval_domain_factor"), "seen_by_model": uns.get("seen_by_model"),
-               "stain_normalised": bool(uns.get("stain_normalised"))}
+               "stain_normalised": bool(uns.get("stain_normalised")), "raised_to_0": uns.get("raised_to_0")}
     notes = []
+    if uns.get("raised_to_0"):
+        notes.append(f"{uns['raised_to_0']} predicted values below 0 (not detected) written as 0")
     if uns.get("out_of_domain"):
         notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
                      f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")

@@ -50,8 +50,12 @@ def predict_section(
     measured = data.y
     if section.has_counts and absent and len(absent) < len(model.panel):
         measured = measured_targets(model, section, absent)
-    adata = to_anndata(model, section, pred, measured=measured,
+    # log10(1 + x) of a count is never negative: a prediction below 0 means "not detected" and is
+    # written as 0, as the dock shows and exports it (the intervals are taken from the raw values)
+    below = int((pred < 0).sum())
+    adata = to_anndata(model, section, np.maximum(pred, 0.0), measured=measured,
                        spot_trust=assess(model.trust, pred, data, level, model.smoothing, depth))
+    adata.uns["napari_dkan"]["raised_to_0"] = below
     if section.has_counts and absent:
         adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
     record_stain(adata, model, section)

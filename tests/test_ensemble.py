@@ -71,6 +71,7 @@ def test_an_ensemble_predicts_the_weighted_mean_of_its_members_and_needs_nothing
     seen: list[tuple[int, int]] = []
     model.predict(data, device="cpu", progress=lambda d, t: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1] and all(x <= y for (x, _), (y, _) in zip(seen, seen[1:]))
+    assert {t for _, t in seen} == {len(pred)}  # it counts spots, not spot × member passes
     # the weights' identity changes with the member weights (cache keys)
     other = build_ensemble([members["dkan"], members["ridge_c3"]], tmp_path / "ens2")
     assert other.weights_sha256 != model.weights_sha256

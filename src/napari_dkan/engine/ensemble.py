@@ -193,18 +193,19 @@ class EnsembleModel(TrainedModel):
                 progress: Callable[[int, int], None] | None = None,
                 cancel: CancelToken | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """The weighted mean of the members' predictions (spots × panel, float32); progress
-        runs once from 0 to the spots' count over all members."""
+        runs once from 0 to the spots' count over all members (a spot is done when every member
+        has predicted it: the bar counts spots, not spot × member passes)."""
         k = len(self.members)
         acc: np.ndarray | None = None
         for i, (m, w) in enumerate(zip(self.members, self.weights)):
             cb = None
             if progress is not None:
                 def cb(done: int, total: int, i: int = i) -> None:
-                    progress(i * total + done, k * total)
+                    progress((i * total + done) // k, total)
             pred = np.asarray(m.predict(data, device=device, progress=cb, cancel=cancel, rows=rows), dtype=np.float64)
             acc = w * pred if acc is None else acc + w * pred
             if progress is not None:  # a member that reports no progress of its own (ridge) still moves it
-                progress((i + 1) * len(pred), k * len(pred))
+                progress(((i + 1) * len(pred)) // k, len(pred))
         assert acc is not None
         return acc.astype(np.float32)
 

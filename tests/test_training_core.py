@@ -235,9 +235,13 @@ def test_frozen_heap_keeps_the_collector_off_existing_objects_and_gives_them_bac
     with frozen_heap():
         frozen = gc.get_freeze_count()
         assert frozen > 1000  # this process's objects, skipped by full collections
-        with frozen_heap():  # nested (a prediction beside a training): still frozen, not re-frozen
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+        # nested (a prediction beside a training): still frozen, not re-frozen — the count never
+        # grows; it may shrink by a few as frozen objects are freed (another test's thread ending)
+        with frozen_heap():
+            junk = [[i] for i in range(5000)]  # tracked objects: a re-freeze would take these in
+            assert frozen - 100 <= gc.get_freeze_count() <= frozen
+            del junk
+        assert frozen - 100 <= gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0  # handed back: nothing leaks
     try:
         with frozen_heap():

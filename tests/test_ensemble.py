@@ -179,8 +179,12 @@ def test_cli_builds_an_ensemble_and_its_cross_validation_and_refuses_leaky_folds
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scored["folds"][0]["fold"] == "C2"
     assert scored["folds"][0]["PCC-ALL"] == pytest.approx(evaluated["PCC-ALL"], abs=1e-6)
-    rel = reliability_from_cv(ens_cv)  # from the cv.json just written, no dataset needed
-    assert rel.sections == ["C2"] and len(rel.genes) == len(members["panel"])
+    recorded = json.loads((ens_cv / "cv.json").read_text())
+    assert [f["fold"] for f in recorded["folds"]] == ["C2"] and len(recorded["folds"][0]["gene_pcc"]) == len(members["panel"])
+    from napari_dkan.io.errors import DataError
+
+    with pytest.raises(DataError, match="at least two"):  # one fold: no spread, no reliability
+        reliability_from_cv(ens_cv)
 
     # a fold whose models trained on the section it should hold out is refused
     leaky = []

@@ -567,3 +567,54 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
     assert (run / "reliability.json").read_bytes() == before and (run / "calibration.safetensors").is_file()
     assert main(["trust", str(her2st), "--model", str(run), "--keep-reliability", "--cv", str(cv_dir)]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_a_cross_validation_that_cannot_stand_for_a_runs_reliability_is_refused(tmp_path: Path) -> None:
+    """``trust --cv`` took any folder: a leaky protocol, folds that trained on their own test
+    section, another recipe's folds (another panel silently dropped genes), or a single fold
+    (a spread of 0: falsely certain). Each is refused, in words."""
+    from types import SimpleNamespace
+
+    from napari_dkan.engine.trust import check_cv_folder
+    from napari_dkan.io.errors import DataError
+
+    panel = ["A", "B", "C"]
+
+    def fold(cv: Path, name: str, train: list[str], val: list[str], **over: object) -> None:
+        config = {"model": "ridge", "features": {"encoder": "tiny"}, "panel": panel,
+                  "training": {"train_sections": train, "val_sections": val}, **over}
+        (cv / f"fold-{name}").mkdir(parents=True)
+        (cv / f"fold-{name}" / "config.json").write_text(json.dumps(config))
+
+    run = SimpleNamespace(config={"model": "ridge", "features": {"encoder": "tiny"}, "panel": panel},
+                          run_dir=tmp_path / "run")
+    good = tmp_path / "good"
+    fold(good, "C2", ["C3"], ["C4"])
+    fold(good, "C3", ["C2"], ["C4"])
+    check_cv_folder(good, run)  # an honest two-fold CV of the same recipe: accepted
+
+    single = tmp_path / "single"
+    fold(single, "C2", ["C3"], ["C4"])
+    with pytest.raises(DataError, match="at least two"):
+        check_cv_folder(single, run)
+    leaky = tmp_path / "leaky"
+    fold(leaky, "C2", ["C3"], ["C2"])  # selected on its own test section
+    fold(leaky, "C3", ["C2"], ["C4"])
+    with pytest.raises(DataError, match="trained or selected on C2"):
+        check_cv_folder(leaky, run)
+    paper = tmp_path / "paper"
+    fold(paper, "C2", ["C3"], ["C4"])
+    fold(paper, "C3", ["C2"], ["C4"])
+    (paper / "cv.json").write_text(json.dumps({"protocol": "paper (selected on the test fold: leaky)"}))
+    with pytest.raises(DataError, match="leaky protocol"):
+        check_cv_folder(paper, run)
+    other = tmp_path / "other"
+    fold(other, "C2", ["C3"], ["C4"], panel=panel[:2])
+    fold(other, "C3", ["C2"], ["C4"], panel=panel[:2])
+    with pytest.raises(DataError, match="gene panel differ"):
+        check_cv_folder(other, run)
+    encoder = tmp_path / "encoder"
+    fold(encoder, "C2", ["C3"], ["C4"], features={"encoder": "uni"})
+    fold(encoder, "C3", ["C2"], ["C4"], features={"encoder": "uni"})
+    with pytest.raises(DataError, match="image encoder differ"):
+        check_cv_folder(encoder, run)

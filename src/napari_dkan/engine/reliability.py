@@ -38,7 +38,7 @@ class GeneReliability:
 
     genes: list[str]
     r: np.ndarray  # (G,) mean over folds (NaN: not measurable)
-    spread: np.ndarray  # (G,) std over folds (0 with a single fold)
+    spread: np.ndarray  # (G,) std over folds (NaN with a single fold: unknown)
     protocol: str
     sections: list[str] = field(default_factory=list)  # the held-out sections scored
     per_fold: dict[str, list[float]] = field(default_factory=dict)
@@ -103,6 +103,7 @@ def from_folds(genes: Sequence[str], per_fold: Mapping[str, np.ndarray], protoco
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN genes stay NaN
         mean = np.nanmean(stack, axis=0)
-        spread = np.nanstd(stack, axis=0) if len(stack) > 1 else np.zeros(stack.shape[1])
+        # one fold says nothing of how much r varies between sections: unknown, not 0
+        spread = np.nanstd(stack, axis=0) if len(stack) > 1 else np.full(stack.shape[1], np.nan)
     return GeneReliability(list(genes), mean, spread, protocol, list(per_fold),
                            {k: list(np.asarray(v, dtype=np.float64)) for k, v in per_fold.items()})

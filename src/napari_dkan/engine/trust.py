@@ -234,13 +234,62 @@ def depth_of_calibration(sections: Sequence[SectionData], preds: Sequence[np.nda
     return Measurement(reference, kappa, True), Reading(*(np.concatenate(x) for x in zip(*parts)))
 
 
+#: what must agree between a run and the cross-validation that stands for its reliability
+RECIPE_FIELDS = {"model": "model family", "encoder": "image encoder", "panel": "gene panel"}
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    return {"model": config.get("model"), "encoder": (config.get("features") or {}).get("encoder"),
+            "panel": list(config.get("panel") or [])}
+
+
+def check_cv_folder(cv_dir: str | Path, model: TrainedModel | None = None,
+                    dataset: Dataset | None = None) -> None:
+    """Refuse a cross-validation folder that cannot stand for a run's reliability on unseen
+    sections: a leaky protocol (selected on the test fold), a fold that trained or selected on
+    its own test section, fewer than two folds, or (``model`` given) folds of another recipe —
+    another model family, image encoder or gene panel."""
+    from napari_dkan.engine import checkpoint as ckpt
+    from napari_dkan.engine.checkpoint import CONFIG_FILE
+
+    cv_dir = Path(cv_dir)
+    summary = cv_dir / "cv.json"
+    protocol = ckpt.read_json(summary).get("protocol", "") if summary.is_file() else ""
+    if "leaky" in protocol:
+        raise DataError(f"{cv_dir} is a cross-validation of the leaky protocol ({protocol}): its scores were "
+                        "selected on the test folds and cannot stand for a reliability on unseen sections")
+    folds = [d for d in sorted(cv_dir.glob("fold-*")) if (d / CONFIG_FILE).is_file()]
+    if len(folds) < 2:
+        raise DataError(f"{cv_dir} holds {len(folds)} finished fold(s): a reliability on unseen sections needs "
+                        "at least two (with one, nothing says how much a gene's r varies between sections)")
+    wanted = _recipe(model.config) if model is not None else None
+    patients = dataset.patients if dataset is not None else {}
+    for fold_dir in folds:
+        name = fold_dir.name.removeprefix("fold-")
+        config = ckpt.read_json(fold_dir / CONFIG_FILE)
+        tr = config.get("training") or {}
+        seen = set(tr.get("train_sections") or []) | set(tr.get("val_sections") or [])
+        held = {s.name for s in patients[name]} if name in patients else {name}
+        leaked = sorted(held & seen)
+        if leaked:
+            raise DataError(f"{fold_dir} trained or selected on {', '.join(leaked)}, the section(s) it is meant "
+                            "to hold out: its scores are not on unseen sections")
+        if wanted is not None:
+            differ = [RECIPE_FIELDS[k] for k, v in _recipe(config).items() if v != wanted[k]]
+            if differ:
+                raise DataError(f"{fold_dir} is not a fold of this run's recipe ({', '.join(differ)} differ from "
+                                f"{model.run_dir}'s): its cross-validation cannot stand for this run's reliability")
+
+
 def reliability_from_cv(cv_dir: str | Path, dataset: Dataset | None = None,
-                        device: str = "auto") -> GeneReliability:
+                        device: str = "auto", model: TrainedModel | None = None) -> GeneReliability:
     """Per-gene r per fold of a cross-validation folder (``cv.json`` when it records them,
-    else each fold model predicts its test section of ``dataset``)."""
+    else each fold model predicts its test section of ``dataset``), after
+    :func:`check_cv_folder` (``model``: the run it is for)."""
     from napari_dkan.engine import checkpoint as ckpt
 
     cv_dir = Path(cv_dir)
+    check_cv_folder(cv_dir, model, dataset)
     summary = cv_dir / "cv.json"
     if summary.is_file():
         data = ckpt.read_json(summary)
@@ -298,7 +347,7 @@ def attach_from_dataset(model: TrainedModel, dataset: Dataset, cv_dir: str | Pat
         if progress:
             progress(f"features of {name}")
         sections[name] = model.section_data(dataset[name], with_targets=True, device=device)
-    rel = reliability_from_cv(cv_dir, dataset, device) if cv_dir is not None else kept
+    rel = reliability_from_cv(cv_dir, dataset, device, model) if cv_dir is not None else kept
     if progress:
         progress("calibrating")
     return attach_from_data(model, [sections[n] for n in train_names], [sections[n] for n in val_names],

@@ -187,6 +187,14 @@ def test_cv_folds_run_apart_into_one_folder_keep_one_full_record(her2st, panel_f
     (tmp_path / "cv2" / "fold-C4").rename(out / "fold-C4")
     again = cross_validate(ds, spec, "sections", sections, panel=panel, out_dir=out, only_folds=["C2"]).to_dict()
     assert [f["fold"] for f in again["folds"]] == ["C2", "C3"]
+    # nor a fold of another design (the same name, other sections): a 4-section run's C5 fold
+    # beside this 3-section run's folds
+    wider = tmp_path / "cv4"
+    cross_validate(ds, spec, "sections", [*sections, "C5"], panel=panel, out_dir=wider, only_folds=["C3"])
+    (out / "fold-C3").rename(tmp_path / "c3-kept")
+    (wider / "fold-C3").rename(out / "fold-C3")
+    mixed = cross_validate(ds, spec, "sections", sections, panel=panel, out_dir=out, only_folds=["C2"]).to_dict()
+    assert [f["fold"] for f in mixed["folds"]] == ["C2"]
 
 
 def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_file, capsys):

@@ -175,7 +175,7 @@ def cross_validate(
             # (processes sharing one folder with --only-folds each rewrite cv.json)
             for fold in plan:
                 if fold.name not in fold_info:
-                    finished = _finished_fold(Path(out_dir) / f"fold-{fold.name}", spec, dataset)
+                    finished = _finished_fold(Path(out_dir) / f"fold-{fold.name}", spec, dataset, fold)
                     if finished is not None:
                         predict_fold(fold, finished)
             folds = [f for f in plan if f.name in fold_info]
@@ -194,12 +194,17 @@ def cross_validate(
     return result
 
 
-def _finished_fold(path: Path, spec: RunSpec, dataset: Dataset) -> TrainedModel | None:
-    """The fold run in ``path`` when it is finished and was trained with ``spec`` on ``dataset``."""
+def _finished_fold(path: Path, spec: RunSpec, dataset: Dataset, fold: Fold) -> TrainedModel | None:
+    """The fold run in ``path`` when it is finished, was trained with ``spec`` on ``dataset``,
+    and is this plan's ``fold``: its training and validation sections are the fold's training
+    sections (another design's fold of the same name — other sections — is not)."""
     folder = preflight_run_folder(path, spec, str(dataset.root))
     if folder.action != "finished" or not folder.complete:
         return None
-    return TrainedModel.load(path)
+    model = TrainedModel.load(path)
+    tr = model.config.get("training", {})
+    used = set(tr.get("train_sections") or []) | set(tr.get("val_sections") or [])
+    return model if used - set(fold.test) == set(fold.train) else None
 
 
 def _gene_pcc(folds: Sequence[Fold], predictions: dict[str, np.ndarray],

@@ -195,6 +195,12 @@ def test_cli_builds_an_ensemble_and_its_cross_validation_and_refuses_leaky_folds
     assert main(["ensemble", "--cv", *leaky, "-o", str(tmp_path / "leaky"), "--dataset", str(her2st),
                  "--device", "cpu"]) == 2
     assert "the section it should hold out" in capsys.readouterr().err
+    assert not (tmp_path / "leaky").exists()  # refused before anything was written: nothing blocks a retry
+    # a scoring that fails after the folds were built leaves nothing behind either
+    assert main(["ensemble", "--cv", *cvs, "-o", str(tmp_path / "unscored"), "--dataset", str(tmp_path / "nowhere"),
+                 "--device", "cpu"]) != 0
+    capsys.readouterr()
+    assert not (tmp_path / "unscored").exists()
 
 
 def test_fine_tuning_an_ensemble_starts_from_its_dkan_member(members, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -493,16 +494,22 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if args.dataset and not args.cv:
         raise DataError("--dataset scores an ensemble's cross-validation: it goes with --cv")
     if args.cv:
-        folds = ensemble_cv(args.members, args.output, args.weights, args.name)
-        payload: dict[str, Any] = {"output": str(args.output), "folds": folds}
-        text = f"{len(folds)} ensemble folds ({', '.join(folds)}) → {args.output}"
-        if args.dataset:
-            from napari_dkan.engine.cv import score_kept_folds
-            from napari_dkan.io.formats import open_dataset
+        created = not Path(args.output).exists()
+        try:
+            folds = ensemble_cv(args.members, args.output, args.weights, args.name)
+            payload: dict[str, Any] = {"output": str(args.output), "folds": folds}
+            text = f"{len(folds)} ensemble folds ({', '.join(folds)}) → {args.output}"
+            if args.dataset:
+                from napari_dkan.engine.cv import score_kept_folds
+                from napari_dkan.io.formats import open_dataset
 
-            result = score_kept_folds(args.output, open_dataset(args.dataset), device=args.device)
-            payload.update(result.to_dict())
-            text += "\n" + _table(result.report.folds, result.report.mean, result.report.std)
+                result = score_kept_folds(args.output, open_dataset(args.dataset), device=args.device)
+                payload.update(result.to_dict())
+                text += "\n" + _table(result.report.folds, result.report.mean, result.report.std)
+        except BaseException:  # a refused or failed scoring leaves no half-built folder behind
+            if created:
+                shutil.rmtree(args.output, ignore_errors=True)
+            raise
         emit(args, payload, text)
         return 0
     model = build_ensemble(args.members, args.output, args.weights, args.name)

@@ -241,9 +241,28 @@ def ensemble_cv(cv_dirs: Sequence[str | Path], out: str | Path, weights: Sequenc
     done = [f for f in folds if all((d / f / MODEL_FILE).is_file() for d in dirs)]
     if not done:
         raise DataError(f"no fold is finished in every one of {', '.join(map(str, dirs))}")
+    for f in done:  # before anything is written: a fold model that saw its own test section
+        held = f.removeprefix("fold-")
+        for d in dirs:
+            tr = ckpt.read_json(d / f / CONFIG_FILE).get("training") or {}
+            if held in set(tr.get("train_sections") or []) | set(tr.get("val_sections") or []):
+                raise DataError(f"{d / f} trained or selected on {held}, the section it should hold out: "
+                                "no ensemble fold is built from it")
     out = Path(out).expanduser()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for f in done:
-        build_ensemble([d / f for d in dirs], out / f, weights, name)
+    written: list[Path] = []
+    try:
+        for f in done:
+            if (out / f).exists() and any((out / f).iterdir()):
+                raise DataError(f"{out / f} is not empty: choose a new folder for the ensemble's folds")
+            written.append(out / f)
+            build_ensemble([d / f for d in dirs], out / f, weights, name)
+    except BaseException:  # nothing half-built is left behind to block a retry
+        for path in written:
+            shutil.rmtree(path, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return done
 

@@ -173,6 +173,32 @@ def test_depth_aware_bounds_are_never_upside_down_nor_beyond_the_target_range() 
     assert up_wide.max() == pytest.approx(TARGET_MAX) and (lo_wide >= 0).all() and (up_wide >= lo_wide).all()
 
 
+def test_a_very_deep_section_gets_intervals_around_the_prediction() -> None:
+    """Above the Poisson table's top rate the reading is its large-count limit: clipping the
+    rate there once moved a 10⁸-deep section's every interval off the prediction."""
+    from napari_dkan.engine.conformal import spot_context
+    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+
+    rng = np.random.default_rng(5)
+    cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)
+    test, p_test = _poisson_section("test", 3000.0, rng)
+    measurement, var = depth_of_calibration([cal], [p_cal])
+    trust = Trust(calibration=calibrate(p_cal, cal.y, spot_context(p_cal, None, None),
+                                        [f"g{i}" for i in range(p_cal.shape[1])],
+                                        measurement=measurement, reading_var=var))
+    widths, centres = [], []
+    for depth in (3e3, 1e5, 1e8):
+        spot = assess(trust, p_test, test, 0.9, depth=depth)
+        # before: at 10⁸ the centre sat 1.8 below the prediction and 99 % of the intervals lay under it
+        assert (spot.upper < p_test).mean() < 0.01, depth
+        widths.append(float((spot.upper - spot.lower).mean()))
+        centres.append(float(((spot.lower + spot.upper) / 2 - p_test).mean()))
+    assert widths[0] >= widths[1] >= widths[2] > 0  # narrower with depth, down to the model's error
+    assert abs(centres[2]) < 0.05 and widths[2] == pytest.approx(widths[1], rel=0.02)  # a limit, no drift
+    with pytest.raises(ValueError, match="positive number"):
+        assess(trust, p_test, test, 0.9, depth=float("inf"))
+
+
 def test_depth_aware_intervals_for_unsmoothed_targets() -> None:
     from napari_dkan.engine.conformal import spot_context
     from napari_dkan.engine.trust import Trust, depth_of_calibration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from collections.abc import Sequence
@@ -540,7 +541,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise DataError(f"the output {args.output} is a folder: give an .h5ad file name")
     check_writable(args.output.parent.resolve())  # before any feature is computed
-    if args.depth is not None and not args.depth > 0:
+    if args.depth is not None and not (args.depth > 0 and math.isfinite(args.depth)):
         raise DataError(f"--depth is the median panel total per spot, a positive number; got {args.depth}")
     bars = _Bars(not args.json)
     try:

@@ -123,7 +123,7 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     for lo in range(0, p.shape[1], _GENE_CHUNK):
         cols = slice(lo, lo + _GENE_CHUNK)
         for e_tab, v_tab, depth in zip(e_tabs, v_tabs, profile.quantiles):
-            e, v = _read_tables(e_tab, v_tab, depth * p[:, cols])
+            e, v = _read_tables(e_tab, v_tab, depth * p[:, cols], depth)
             m = average @ e
             var = overdispersion * (average_var @ v)
             mean[:, cols] += m
@@ -133,14 +133,24 @@ def reading_moments(pred: np.ndarray, neighbours: np.ndarray, profile: DepthProf
     return mean, np.maximum(second / k - mean**2, 0.0)
 
 
-def _read_tables(e_tab: np.ndarray, v_tab: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One count's reading mean and variance at Poisson rates ``lam``: linear interpolation of a
-    depth's tables on the grid, uniform in log λ."""
+def _read_tables(e_tab: np.ndarray, v_tab: np.ndarray, lam: np.ndarray,
+                 depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """One count's reading mean and variance at Poisson rates ``lam`` (a section of ``depth``):
+    linear interpolation of the depth's tables on the grid, uniform in log λ; above the grid
+    (a very deep section) the large-count limit — the reading is log10(1 + λ·s), s = 10⁴/depth,
+    with variance λ·(s / ((1 + λ·s)·ln 10))² — where clipping λ to the grid's top once moved
+    deep sections' intervals away from the prediction."""
     log_grid = np.log(_GRID)
     at = (np.log(np.clip(lam, _GRID[0], _GRID[-1])) - log_grid[0]) / (log_grid[1] - log_grid[0])
     i = np.minimum(at.astype(np.int64), len(_GRID) - 2)
     w = at - i
-    return e_tab[i] * (1.0 - w) + e_tab[i + 1] * w, v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
+    mean, var = e_tab[i] * (1.0 - w) + e_tab[i + 1] * w, v_tab[i] * (1.0 - w) + v_tab[i + 1] * w
+    big = lam > _GRID[-1]
+    if np.any(big) and depth > 0:
+        x = lam * (TARGET_SUM / depth)
+        mean = np.where(big, np.log10(1.0 + x), mean)
+        var = np.where(big, lam * ((TARGET_SUM / depth) / ((1.0 + x) * np.log(10.0))) ** 2, var)
+    return mean, var
 
 
 def _moments_per_spot(pred: np.ndarray, neighbours: np.ndarray, depths: np.ndarray,
@@ -166,7 +176,7 @@ def _moments_per_spot(pred: np.ndarray, neighbours: np.ndarray, depths: np.ndarr
         valid = nbr >= 0
         sub, local = np.unique(np.where(valid, nbr, nbr[:, :1]), return_inverse=True)
         local = local.reshape(nbr.shape)
-        e, v = _read_tables(e_tab, v_tab, depth * p[sub])  # (S, G) one reading at this depth
+        e, v = _read_tables(e_tab, v_tab, depth * p[sub], depth)  # (S, G) one reading at this depth
         count = valid.sum(axis=1)[:, None].astype(np.float64)
         mask = valid[:, :, None]
         mean[rows] = (e[local] * mask).sum(axis=1) / count

@@ -124,6 +124,8 @@ def section_depth(calibration: Calibration, data: SectionData, depth: float | No
     if calibration.measurement is None:
         return None
     reference = calibration.measurement.reference
+    if depth is not None and not (np.isfinite(depth) and depth > 0):
+        raise ValueError(f"a sequencing depth is a positive number of panel counts per spot, got {depth}")
     if depth is not None:
         return reference.scaled_to(depth)
     if data.panel_counts is not None and len(data.panel_counts):

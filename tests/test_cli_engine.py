@@ -116,6 +116,10 @@ def test_predict_section_and_lattice_to_h5ad(her2st, wsi_dir, panel_file, tmp_pa
     low = predict_section(model, open_dataset(her2st)["C2"], device="cpu")
     assert low.uns["napari_dkan"]["raised_to_0"] == int((raw < 1.0).sum()) > 0
     np.testing.assert_allclose(low.X, np.maximum(raw - 1.0, 0.0), rtol=1e-6)
+    model.predict = lambda *a, **k: raw + 3.0  # overshoots past the largest value a gene can take
+    high = predict_section(model, open_dataset(her2st)["C2"], device="cpu")
+    assert high.uns["napari_dkan"]["lowered_to_max"] == int((raw + 3.0 > np.log10(1e4 + 1)).sum()) > 0
+    assert high.X.max() == pytest.approx(np.log10(1e4 + 1))
     lat = tmp_path / "cmu.h5ad"
     assert main(["predict", str(wsi_dir / "CMU-1-Small-Region.svs"), "--model", str(run),
                  "--device", "cpu", "-o", str(lat)]) == 0

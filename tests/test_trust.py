@@ -548,6 +548,10 @@ def test_cli_reports_coverage_intervals_and_domain_and_attaches_trust_after_the_
               "--level", "90"])
     assert refused.value.code == 2 and "write 0.9" in capsys.readouterr().err
     assert not (tmp_path / "x.h5ad").exists()
+    # a level beyond what the calibration spots resolve is said, not silently [0, 4] everywhere
+    assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
+                 "-o", str(tmp_path / "y.h5ad"), "--level", "0.999999"]) == 0
+    assert "asks for more than the" in capsys.readouterr().out
     out = tmp_path / "c3.h5ad"
     assert main(["predict", str(her2st), "--sections", "C3", "--model", str(run), "--device", "cpu",
                  "-o", str(out), "--level", "0.8", "--json"]) == 0

@@ -557,10 +557,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
                "interval_level": uns.get("interval_level"), "interval_depth": uns.get("interval_depth"),
                "interval_depth_source": uns.get("interval_depth_source"),
                "interval_domain_factor": uns.get("interval_domain_factor"), "seen_by_model": uns.get("seen_by_model"),
-               "stain_normalised": bool(uns.get("stain_normalised")), "raised_to_0": uns.get("raised_to_0")}
+               "stain_normalised": bool(uns.get("stain_normalised")), "raised_to_0": uns.get("raised_to_0"),
+               "lowered_to_max": uns.get("lowered_to_max"), "interval_unbounded": bool(uns.get("interval_unbounded"))}
     notes = []
     if uns.get("raised_to_0"):
         notes.append(f"{uns['raised_to_0']} predicted values below 0 (not detected) written as 0")
+    if uns.get("interval_unbounded"):
+        n = len(model.trust.calibration.scores)
+        notes.append(f"--level {args.level} asks for more than the {n} calibration spots resolve (at most "
+                     f"{n / (n + 1):.4f}): every interval is the whole range a gene can take")
+    if uns.get("lowered_to_max"):
+        notes.append(f"{uns['lowered_to_max']} predicted values above the largest a gene can take "
+                     "(log10(1 + 10⁴): the whole panel total) written as that")
     if uns.get("out_of_domain"):
         notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
                      f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")

@@ -21,6 +21,7 @@ import numpy as np
 from napari_dkan.engine.runs import TrainedModel
 from napari_dkan.engine.trust import SpotTrust, assess
 from napari_dkan.io.dataset import Section
+from napari_dkan.io.expression import TARGET_MAX
 from napari_dkan.progress import CancelToken
 
 
@@ -51,11 +52,18 @@ def predict_section(
     if section.has_counts and absent and len(absent) < len(model.panel):
         measured = measured_targets(model, section, absent)
     # log10(1 + x) of a count is never negative: a prediction below 0 means "not detected" and is
-    # written as 0, as the dock shows and exports it (the intervals are taken from the raw values)
-    below = int((pred < 0).sum())
-    adata = to_anndata(model, section, np.maximum(pred, 0.0), measured=measured,
+    # written as 0, as the dock shows and exports it; nor is it above log10(1 + 10⁴) (a gene
+    # holding the whole panel total): such a value is written as that (the intervals are taken
+    # from the raw values)
+    below, above = int((pred < 0).sum()), int((pred > TARGET_MAX).sum())
+    adata = to_anndata(model, section, np.clip(pred, 0.0, TARGET_MAX), measured=measured,
                        spot_trust=assess(model.trust, pred, data, level, model.smoothing, depth))
     adata.uns["napari_dkan"]["raised_to_0"] = below
+    adata.uns["napari_dkan"]["lowered_to_max"] = above
+    cal = model.trust.calibration
+    if cal is not None and len(cal.scores) and level > len(cal.scores) / (len(cal.scores) + 1):
+        # beyond what the calibration spots resolve: the conformal quantile is infinite
+        adata.uns["napari_dkan"]["interval_unbounded"] = True
     if section.has_counts and absent:
         adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
     record_stain(adata, model, section)

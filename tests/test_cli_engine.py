@@ -214,3 +214,29 @@ def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_fil
     own_1, own_2021 = vals("--seed", "1"), vals("--seed", "2021")
     assert own_1 != own_2021  # each seed draws its own
     assert vals("--seed", "1", "--inner-seed", "2021") == own_2021
+
+
+def test_a_folder_being_trained_by_another_process_is_refused_in_words(her2st, panel_file, tmp_path, capsys):
+    """Two processes training one folder (two ``cv --only-folds`` of the same fold) wrote the
+    same checkpoints; one died on a file the other had renamed. The second is now refused while
+    the first runs, and a lock its process left behind is taken over."""
+    import subprocess
+    import sys
+
+    from napari_dkan.engine.runs import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_FILE).write_text(str(other.pid))
+        args = ["train", str(her2st), "--model", "ridge", *TINY, "--panel", str(panel_file),
+                "--sections", "C3", "C4", "-o", str(run)]
+        assert main(args) == 2
+        assert f"being trained by another process (pid {other.pid})" in capsys.readouterr().err
+        assert not (run / "model.safetensors").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert main(args) == 0  # its process is gone: the stale lock is taken over
+    assert (run / "model.safetensors").is_file() and not (run / LOCK_FILE).exists()

@@ -8,12 +8,14 @@ text encoder, and never the network.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,21 +192,68 @@ def train_model(
         if distributed.current().is_main and not (run_dir / "stain.json").is_file():
             write_stain_reference(run_dir, [*train_names, *val_names], sections)  # a run from before it
         return TrainedModel.load(run_dir)
-    if distributed.current().is_main:  # under torchrun, rank 0 alone writes the run's files
+    main = distributed.current().is_main
+    if main:  # under torchrun, rank 0 alone writes the run's files
         check_writable(run_dir)  # creates it; a read-only or full disk is one clear line
-        if text_file is not None:
-            atomic_write(run_dir / TEXT_FILE, text_file)
-        ckpt.write_json(run_dir / CONFIG_FILE, config)
-        write_stain_reference(run_dir, [*train_names, *val_names], sections)
-    distributed.barrier()
-    text_arr = None if gene_text is None else np.asarray(gene_text.matrix, dtype=np.float32)
-    if spec.model == "ridge":
-        return _with_trust(_train_ridge(run_dir, config, train, val), train, val)
-    result: FitResult = fit(make_family(spec.model, config["network"]), dims, train, val, spec.settings,
-                            run_dir, text_arr, fingerprint, on_event=on_event, cancel=cancel,
-                            resume=resume, init_weights=base.state_dict() if base is not None else None)
-    model = _finish_run(run_dir, config, result)
-    return _with_trust(model, train, val) if distributed.current().is_main else model
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        if main:
+            if text_file is not None:
+                atomic_write(run_dir / TEXT_FILE, text_file)
+            ckpt.write_json(run_dir / CONFIG_FILE, config)
+            write_stain_reference(run_dir, [*train_names, *val_names], sections)
+        distributed.barrier()
+        text_arr = None if gene_text is None else np.asarray(gene_text.matrix, dtype=np.float32)
+        if spec.model == "ridge":
+            return _with_trust(_train_ridge(run_dir, config, train, val), train, val)
+        result: FitResult = fit(make_family(spec.model, config["network"]), dims, train, val, spec.settings,
+                                run_dir, text_arr, fingerprint, on_event=on_event, cancel=cancel,
+                                resume=resume, init_weights=base.state_dict() if base is not None else None)
+        model = _finish_run(run_dir, config, result)
+        return _with_trust(model, train, val) if main else model
+
+
+LOCK_FILE = "training.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while it trains there: a second process training into
+    the same folder (two ``cv --only-folds`` of one fold) is refused in words instead of both
+    writing the same checkpoints (one once died on the other's renamed file).  A lock left by
+    a process that no longer runs is taken over."""
+    path = Path(run_dir) / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise DataError(f"{run_dir} is being trained by another process (pid {pid}): wait for it to "
+                                "finish, or choose another output folder") from None
+            path.unlink(missing_ok=True)  # its process is gone: a stale lock
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise DataError(f"could not take {path}: another process keeps taking it")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def write_stain_reference(run_dir: Path, names: Sequence[str], sections: Sequence[Section]) -> Any:

@@ -427,6 +427,12 @@ def test_predict_on_counts_lacking_panel_genes_compares_the_genes_there(tiny_run
     measured = adata.layers["measured"]
     assert np.isnan(measured[:, :2]).all() and np.isfinite(measured[:, 2:]).all()
     assert list(adata.uns["napari_dkan"]["measured_absent_genes"]) == gone
+    from napari_dkan.cli._engine import predict_notes  # and the command line says so
+
+    said = [n for n in predict_notes(adata.uns["napari_dkan"], c2.name, 0.9) if n.startswith("not measured")]
+    assert said and all(g in said[0] for g in gone) and "(2 panel gene(s))" in said[0]
+    if adata.uns["napari_dkan"].get("interval_depth_source") == "calibration":
+        assert "calibration section's sequencing depth" in said[0]
 
 
 def test_the_dock_refuses_a_folder_holding_another_run_before_any_feature(her2st, tiny_run_dir, tmp_path):

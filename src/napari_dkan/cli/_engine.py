@@ -525,6 +525,36 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_notes(uns: dict[str, Any], section: str, level: float) -> list[str]:
+    """What ``predict`` says under its result line, from the AnnData's ``uns["napari_dkan"]``."""
+    notes: list[str] = []
+    if uns.get("raised_to_0"):
+        notes.append(f"{uns['raised_to_0']} predicted values below 0 (not detected) written as 0")
+    if uns.get("interval_unbounded"):
+        n = int(uns.get("calibration_spots", 0))
+        notes.append(f"--level {level} asks for more than the {n} calibration spots resolve (at most "
+                     f"{n / (n + 1):.4f}): every interval is the whole range a gene can take")
+    if uns.get("lowered_to_max"):
+        notes.append(f"{uns['lowered_to_max']} predicted values above the largest a gene can take "
+                     "(log10(1 + 10⁴): the whole panel total) written as that")
+    if uns.get("out_of_domain"):
+        notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
+                     f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")
+    if "interval_level" not in uns:
+        notes.append("this model carries no calibration: no intervals written")
+    if uns.get("stain_normalised"):
+        notes.append("the slide's staining was matched to the model's training slides (Reinhard)")
+    if uns.get("seen_by_model"):
+        notes.append(f"{section} was a {uns['seen_by_model']} section of this model: scores on it are optimistic")
+    absent = list(uns.get("measured_absent_genes", []))
+    if absent:
+        notes.append(f"not measured in {section}: {', '.join(absent[:5])}{' …' if len(absent) > 5 else ''} "
+                     f"({len(absent)} panel gene(s)); their measured values are NaN"
+                     + (", and the intervals are for the calibration section's sequencing depth"
+                        if uns.get("interval_depth_source") == "calibration" else ""))
+    return notes
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_dkan.engine.predict import predict_section
     from napari_dkan.io.errors import DataError
@@ -559,25 +589,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                "interval_domain_factor": uns.get("interval_domain_factor"), "seen_by_model": uns.get("seen_by_model"),
                "stain_normalised": bool(uns.get("stain_normalised")), "raised_to_0": uns.get("raised_to_0"),
                "lowered_to_max": uns.get("lowered_to_max"), "interval_unbounded": bool(uns.get("interval_unbounded"))}
-    notes = []
-    if uns.get("raised_to_0"):
-        notes.append(f"{uns['raised_to_0']} predicted values below 0 (not detected) written as 0")
-    if uns.get("interval_unbounded"):
-        n = len(model.trust.calibration.scores)
-        notes.append(f"--level {args.level} asks for more than the {n} calibration spots resolve (at most "
-                     f"{n / (n + 1):.4f}): every interval is the whole range a gene can take")
-    if uns.get("lowered_to_max"):
-        notes.append(f"{uns['lowered_to_max']} predicted values above the largest a gene can take "
-                     "(log10(1 + 10⁴): the whole panel total) written as that")
-    if uns.get("out_of_domain"):
-        notes.append(f"WARNING: this tissue looks unlike the model's training data (score "
-                     f"{uns['ood_score']:.2f} > {uns['ood_threshold']:.2f}): predictions may be meaningless")
-    if "interval_level" not in uns:
-        notes.append("this model carries no calibration: no intervals written")
-    if uns.get("stain_normalised"):
-        notes.append("the slide's staining was matched to the model's training slides (Reinhard)")
-    if uns.get("seen_by_model"):
-        notes.append(f"{section.name} was a {uns['seen_by_model']} section of this model: scores on it are optimistic")
+    notes = predict_notes(uns, section.name, args.level)
     emit(args, payload, f"predicted {adata.n_vars} genes at {adata.n_obs} spots of {section.name} → {args.output}"
          + "".join(f"\n{n}" for n in notes))
     return 0

@@ -64,6 +64,7 @@ def predict_section(
     if cal is not None and len(cal.scores) and level > len(cal.scores) / (len(cal.scores) + 1):
         # beyond what the calibration spots resolve: the conformal quantile is infinite
         adata.uns["napari_dkan"]["interval_unbounded"] = True
+        adata.uns["napari_dkan"]["calibration_spots"] = len(cal.scores)
     if section.has_counts and absent:
         adata.uns["napari_dkan"]["measured_absent_genes"] = list(absent)
     record_stain(adata, model, section)

@@ -71,6 +71,12 @@ def test_report_mean_and_population_std_over_folds():
     assert rep.std["MAE"] == pytest.approx(np.std(maes, ddof=0))
     assert rep.folds[0]["PCC-ALL"] == pytest.approx(np.nanmean(folds[0].pcc))
     assert len(rep.genes["PCC-HEG"]) == 50 and set(rep.folds[0]) == {
-        "fold", "MAE", "MSE", "PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG"}
+        "fold", "MAE", "MSE", "PCC-ALL", "PCC-HPG", "PCC-HEG", "PCC-HVG", "genes_with_r"}
+    assert [r["genes_with_r"] for r in rep.folds] == [60, 60, 60]
+    # a gene constant in a fold's measured values has no r there: counted, so outputs can say so
+    flat = truths[0].copy()
+    flat[:, :2] = 0.0
+    one = report([FoldScores("A", [score_slide("A", flat + 0.1, flat)])], [flat], panel)
+    assert one.folds[0]["genes_with_r"] == 58
     hpg = [panel.index(g) for g in rep.genes["PCC-HPG"]]
     assert rep.folds[1]["PCC-HPG"] == pytest.approx(np.nanmean(folds[1].pcc[hpg]))

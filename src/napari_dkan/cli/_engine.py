@@ -431,6 +431,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         text += "\n" + _table(rep.folds, rep.mean, rep.std, COVERAGE, collapse=False)
     else:
         text += "\nno calibration in this run: no interval coverage (`napari-dkan trust` adds one)"
+    for r in rep.folds:
+        missing = len(model.panel) - int(r.get("genes_with_r", len(model.panel)))
+        if missing:
+            text += (f"\n{r['fold']}: {missing} of {len(model.panel)} genes have constant measured values there "
+                     "(no Pearson r): the PCC figures leave them out, MAE and MSE count them")
     seen = list(payload["seen_by_model"])
     if seen:
         text += (f"\n{', '.join(seen)}: used to train or select this model — the scores there are "

@@ -125,7 +125,8 @@ def report(folds: Sequence[FoldScores], truths: Sequence[np.ndarray], panel: Seq
         row = {"fold": f.fold, "MAE": f.mae, "MSE": f.mse, "PCC-ALL": float(_nanmean(f.pcc))}
         for key, idx in sets.items():
             row[key] = float(_nanmean(f.pcc[idx]))
-        rows.append({k2: row[k2] for k2 in ("fold", *METRIC_KEYS)})
+        # genes with a Pearson r (constant measured values have none): PCC leaves the others out
+        rows.append({**{k2: row[k2] for k2 in ("fold", *METRIC_KEYS)}, "genes_with_r": int(np.isfinite(f.pcc).sum())})
     mean = {m: float(_nanmean(np.array([r[m] for r in rows]))) for m in METRIC_KEYS}
     std = {m: float(np.nanstd(np.array([r[m] for r in rows]), ddof=0)) for m in METRIC_KEYS}
     genes = {key: [panel[i] for i in idx] for key, idx in sets.items()}

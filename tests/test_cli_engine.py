@@ -199,6 +199,23 @@ def test_cv_folds_run_apart_into_one_folder_keep_one_full_record(her2st, panel_f
     (wider / "fold-C3").rename(out / "fold-C3")
     mixed = cross_validate(ds, spec, "sections", sections, panel=panel, out_dir=out, only_folds=["C2"]).to_dict()
     assert [f["fold"] for f in mixed["folds"]] == ["C2"]
+    # two sections: each fold trains on one, selected on a spatial block of it ("C3[val]")
+    pair = tmp_path / "pair"
+    cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, out_dir=pair, only_folds=["C2"])
+    both = cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, out_dir=pair, only_folds=["C3"]).to_dict()
+    assert [f["fold"] for f in both["folds"]] == ["C2", "C3"] and both["folds"][0]["val_sections"] == ["C3[val]"]
+    # nor a fold selected on another inner seed's draw
+    reseeded = tmp_path / "reseeded"
+    cross_validate(ds, spec, "sections", [*sections, "C5"], panel=panel, out_dir=reseeded, only_folds=["C2"])
+    def draw(seed: int | None) -> list[str]:
+        return cross_validate(ds, spec, "sections", [*sections, "C5"], panel=panel, only_folds=["C3"],
+                              inner_seed=seed).to_dict()["folds"][0]["val_sections"]
+
+    own = draw(None)
+    other_seed = next(seed for seed in range(20) if draw(seed) != own)
+    alone = cross_validate(ds, spec, "sections", [*sections, "C5"], panel=panel, out_dir=reseeded,
+                           only_folds=["C3"], inner_seed=other_seed).to_dict()
+    assert [f["fold"] for f in alone["folds"]] == ["C3"]
 
 
 def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_file, capsys):

@@ -152,19 +152,23 @@ def cross_validate(
                                 "parameters": model.n_parameters, "best_epoch": res.get("best_epoch"),
                                 "epochs_run": res.get("epochs_run"), "val_pcc": res.get("best_val_pcc")}
 
+    def split_of(fold: Fold) -> tuple[dict[str, SectionData], list[str], list[str]]:
+        """The fold's data with its inner split (spatial hold-outs added) and the names it trains
+        and selects on."""
+        local = dict(data)
+        if spec.protocol == "paper":
+            return local, list(fold.train), list(fold.test)
+        fit_part, val_part = inner_validation([data[n] for n in fold.train], spec.validation,
+                                              spec.settings.seed if inner_seed is None else inner_seed)
+        local.update({s.name: s for s in (*fit_part, *val_part)})
+        return local, [s.name for s in fit_part], [s.name for s in val_part]
+
     try:
         for k, fold in enumerate(folds):
             check_cancel(cancel, "cross-validation")
             if on_status:
                 on_status(f"fold {fold.name}", k, len(folds))
-            local = dict(data)
-            if spec.protocol == "paper":
-                fit_names, val_names = list(fold.train), list(fold.test)
-            else:
-                fit_part, val_part = inner_validation([data[n] for n in fold.train], spec.validation,
-                                                      spec.settings.seed if inner_seed is None else inner_seed)
-                local.update({s.name: s for s in (*fit_part, *val_part)})
-                fit_names, val_names = [s.name for s in fit_part], [s.name for s in val_part]
+            local, fit_names, val_names = split_of(fold)
             cb = (lambda e, name=fold.name: on_event(name, e)) if on_event else None
             model = train_model(local, fit_names, val_names, spec, panel, out_dir / f"fold-{fold.name}",
                                 gene_text=gene_text, dataset_info={"path": str(dataset.root)},
@@ -175,7 +179,10 @@ def cross_validate(
             # (processes sharing one folder with --only-folds each rewrite cv.json)
             for fold in plan:
                 if fold.name not in fold_info:
-                    finished = _finished_fold(Path(out_dir) / f"fold-{fold.name}", spec, dataset, fold)
+                    check_cancel(cancel, "cross-validation")
+                    _, fit_names, val_names = split_of(fold)
+                    finished = _finished_fold(Path(out_dir) / f"fold-{fold.name}", spec, dataset,
+                                              fit_names, val_names, panel)
                     if finished is not None:
                         predict_fold(fold, finished)
             folds = [f for f in plan if f.name in fold_info]
@@ -194,17 +201,19 @@ def cross_validate(
     return result
 
 
-def _finished_fold(path: Path, spec: RunSpec, dataset: Dataset, fold: Fold) -> TrainedModel | None:
-    """The fold run in ``path`` when it is finished, was trained with ``spec`` on ``dataset``,
-    and is this plan's ``fold``: its training and validation sections are the fold's training
-    sections (another design's fold of the same name — other sections — is not)."""
+def _finished_fold(path: Path, spec: RunSpec, dataset: Dataset, fit_names: Sequence[str],
+                   val_names: Sequence[str], panel: Sequence[str]) -> TrainedModel | None:
+    """The fold run in ``path`` when it is finished and is exactly this run's fold: trained with
+    ``spec`` on ``dataset``, on ``fit_names`` and selected on ``val_names`` (the split this run
+    draws for it: another design, protocol or inner seed splits otherwise), for ``panel``."""
     folder = preflight_run_folder(path, spec, str(dataset.root))
     if folder.action != "finished" or not folder.complete:
         return None
     model = TrainedModel.load(path)
     tr = model.config.get("training", {})
-    used = set(tr.get("train_sections") or []) | set(tr.get("val_sections") or [])
-    return model if used - set(fold.test) == set(fold.train) else None
+    same = (list(tr.get("train_sections") or []) == list(fit_names)
+            and list(tr.get("val_sections") or []) == list(val_names) and list(model.panel) == list(panel))
+    return model if same else None
 
 
 def _gene_pcc(folds: Sequence[Fold], predictions: dict[str, np.ndarray],

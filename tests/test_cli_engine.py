@@ -236,7 +236,7 @@ def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_fil
 def test_a_folder_being_trained_by_another_process_is_refused_in_words(her2st, panel_file, tmp_path, capsys):
     """Two processes training one folder (two ``cv --only-folds`` of the same fold) wrote the
     same checkpoints; one died on a file the other had renamed. The second is now refused while
-    the first runs, and a lock its process left behind is taken over."""
+    the first holds the folder, and the folder is free again the moment that process is gone."""
     import subprocess
     import sys
 
@@ -244,16 +244,25 @@ def test_a_folder_being_trained_by_another_process_is_refused_in_words(her2st, p
 
     run = tmp_path / "run"
     run.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+              "f.write(str(os.getpid())); f.flush(); print('held', flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", holder, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    args = ["train", str(her2st), "--model", "ridge", *TINY, "--panel", str(panel_file),
+            "--sections", "C3", "C4", "-o", str(run)]
     try:
-        (run / LOCK_FILE).write_text(str(other.pid))
-        args = ["train", str(her2st), "--model", "ridge", *TINY, "--panel", str(panel_file),
-                "--sections", "C3", "C4", "-o", str(run)]
+        assert other.stdout.readline().strip() == "held"
         assert main(args) == 2
         assert f"being trained by another process (pid {other.pid})" in capsys.readouterr().err
         assert not (run / "model.safetensors").exists()
     finally:
         other.kill()
         other.wait()
-    assert main(args) == 0  # its process is gone: the stale lock is taken over
-    assert (run / "model.safetensors").is_file() and not (run / LOCK_FILE).exists()
+    assert main(args) == 0  # its process is gone, and with it the lock
+    assert (run / "model.safetensors").is_file()
+    # the same folder trained twice at once in one process is refused too
+    from napari_dkan.engine.runs import run_lock
+    from napari_dkan.io.errors import DataError
+
+    with run_lock(run), pytest.raises(DataError, match="being trained"):
+        with run_lock(run):
+            pass

@@ -195,7 +195,9 @@ def train_model(
     main = distributed.current().is_main
     if main:  # under torchrun, rank 0 alone writes the run's files
         check_writable(run_dir)  # creates it; a read-only or full disk is one clear line
-    with run_lock(run_dir) if main else contextlib.nullcontext():
+    # under torchrun the ranks train one folder together: no lock (a refused rank 0 would leave
+    # the others waiting at the barrier)
+    with run_lock(run_dir) if main and not distributed.current().active else contextlib.nullcontext():
         if main:
             if text_file is not None:
                 atomic_write(run_dir / TEXT_FILE, text_file)
@@ -217,43 +219,35 @@ LOCK_FILE = "training.lock"
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir`` for this process while it trains there: a second process training into
-    the same folder (two ``cv --only-folds`` of one fold) is refused in words instead of both
-    writing the same checkpoints (one once died on the other's renamed file).  A lock left by
-    a process that no longer runs is taken over."""
-    path = Path(run_dir) / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise DataError(f"{run_dir} is being trained by another process (pid {pid}): wait for it to "
-                                "finish, or choose another output folder") from None
-            path.unlink(missing_ok=True)  # its process is gone: a stale lock
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    else:
-        raise DataError(f"could not take {path}: another process keeps taking it")
+    """Hold ``run_dir`` for this training while it runs: a second training of the same folder
+    (two ``cv --only-folds`` of one fold; two trainings in one process too) is refused in words
+    instead of both writing the same checkpoints (one once died on the other's renamed file).
+
+    An operating-system lock (``flock``) on ``training.lock``: released by the system when the
+    process ends, however it ends, so a crash leaves nothing to clear; the file (kept) names
+    the holder's pid for the message.  Where ``fcntl`` is missing (Windows) nothing is locked."""
     try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
         yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        return
+    path = Path(run_dir) / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise DataError(f"{run_dir} is being trained by another process (pid {holder}): wait for it to "
+                            "finish, or choose another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_stain_reference(run_dir: Path, names: Sequence[str], sections: Sequence[Section]) -> Any:

@@ -201,6 +201,11 @@ def test_cli_builds_an_ensemble_and_its_cross_validation_and_refuses_leaky_folds
                  "--device", "cpu"]) != 0
     capsys.readouterr()
     assert not (tmp_path / "unscored").exists()
+    (tmp_path / "existing").mkdir()  # a folder that was there: kept, less the folds written into it
+    assert main(["ensemble", "--cv", *cvs, "-o", str(tmp_path / "existing"), "--dataset", str(tmp_path / "nowhere"),
+                 "--device", "cpu"]) != 0
+    capsys.readouterr()
+    assert (tmp_path / "existing").is_dir() and not any((tmp_path / "existing").iterdir())
 
 
 def test_fine_tuning_an_ensemble_starts_from_its_dkan_member(members, tmp_path):

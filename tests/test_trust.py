@@ -611,7 +611,7 @@ def test_a_cross_validation_that_cannot_stand_for_a_runs_reliability_is_refused(
     panel = ["A", "B", "C"]
 
     def fold(cv: Path, name: str, train: list[str], val: list[str], **over: object) -> None:
-        config = {"model": "ridge", "features": {"encoder": "tiny"}, "panel": panel,
+        config = {"model": "ridge", "features": {"encoder": "tiny"}, "panel": panel, "status": "finished",
                   "training": {"train_sections": train, "val_sections": val}, **over}
         (cv / f"fold-{name}").mkdir(parents=True)
         (cv / f"fold-{name}" / "config.json").write_text(json.dumps(config))
@@ -625,8 +625,14 @@ def test_a_cross_validation_that_cannot_stand_for_a_runs_reliability_is_refused(
 
     single = tmp_path / "single"
     fold(single, "C2", ["C3"], ["C4"])
+    fold(single, "C3", ["C2"], ["C4"], status="training")  # still training: not a fold yet
     with pytest.raises(DataError, match="at least two"):
         check_cv_folder(single, run)
+    tuned = tmp_path / "tuned"  # fine-tuned folds whose base model saw the test sections
+    fold(tuned, "C2", ["C3"], ["C4"], ancestry=[{"train_sections": ["C2", "C3"], "val_sections": ["C4"]}])
+    fold(tuned, "C3", ["C2"], ["C4"])
+    with pytest.raises(DataError, match="trained or selected on C2"):
+        check_cv_folder(tuned, run)
     leaky = tmp_path / "leaky"
     fold(leaky, "C2", ["C3"], ["C2"])  # selected on its own test section
     fold(leaky, "C3", ["C2"], ["C4"])
@@ -648,3 +654,29 @@ def test_a_cross_validation_that_cannot_stand_for_a_runs_reliability_is_refused(
     fold(encoder, "C3", ["C2"], ["C4"], features={"encoder": "uni"})
     with pytest.raises(DataError, match="image encoder differ"):
         check_cv_folder(encoder, run)
+
+
+def test_reliability_spread_is_unknown_where_fewer_than_two_folds_have_an_r() -> None:
+    from napari_dkan.engine.reliability import from_folds
+
+    rel = from_folds(["A", "B"], {"C2": np.array([0.5, np.nan]), "C3": np.array([0.3, 0.4])}, "cv")
+    assert rel.spread[0] == pytest.approx(0.1) and np.isnan(rel.spread[1])  # B: one fold only
+    assert rel.describe("B").startswith("B — expected r 0.40 on unseen sections")  # no "± 0.00"
+    one = from_folds(["A"], {"C2": np.array([0.5])}, "cv")
+    assert np.isnan(one.spread).all()
+
+
+def test_depth_blind_intervals_are_clipped_to_the_target_range_too() -> None:
+    """Version-1 calibrations (before depth) returned ŷ ± q·σ unclipped: below 0, and ±inf when
+    the level asks for more than the calibration resolves."""
+    from napari_dkan.engine.conformal import spot_context
+    from napari_dkan.io.expression import TARGET_MAX
+
+    rng = np.random.default_rng(2)
+    p = rng.uniform(0, 1, (200, 3))
+    y = np.clip(p + rng.normal(0, 0.3, p.shape), 0, None)
+    cal = calibrate(p, y, spot_context(p, None, None), ["a", "b", "c"])
+    lower, upper = cal.bounds(p, spot_context(p, None, None), 0.9)
+    assert lower.min() >= 0 and (lower == 0).any() and upper.max() <= TARGET_MAX
+    lower, upper = cal.bounds(p, spot_context(p, None, None), 0.9999)  # beyond 100 scores: unbounded
+    assert (lower == 0).all() and (upper == pytest.approx(TARGET_MAX))

@@ -501,6 +501,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         raise DataError("--dataset scores an ensemble's cross-validation: it goes with --cv")
     if args.cv:
         created = not Path(args.output).exists()
+        folds: list[str] = []
         try:
             folds = ensemble_cv(args.members, args.output, args.weights, args.name)
             payload: dict[str, Any] = {"output": str(args.output), "folds": folds}
@@ -515,6 +516,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         except BaseException:  # a refused or failed scoring leaves no half-built folder behind
             if created:
                 shutil.rmtree(args.output, ignore_errors=True)
+            for f in folds:  # an existing -o keeps what it held, less the folds written here
+                shutil.rmtree(Path(args.output) / f, ignore_errors=True)
             raise
         emit(args, payload, text)
         return 0

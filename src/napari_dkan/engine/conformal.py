@@ -207,7 +207,7 @@ class Calibration:
         pred = np.asarray(pred, dtype=np.float64)
         if self.measurement is None:
             half = self.interval_halfwidth(pred, context, level, inflation)
-            return pred - half, pred + half
+            return np.clip(pred - half, 0.0, TARGET_MAX), np.clip(pred + half, 0.0, TARGET_MAX)
         if reading is None:
             raise ValueError("a depth-aware calibration needs the reading noise of the section")
         half = self.quantile(level)[None, :] * self.spread(pred, context, reading, inflation)

@@ -103,7 +103,8 @@ def from_folds(genes: Sequence[str], per_fold: Mapping[str, np.ndarray], protoco
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN genes stay NaN
         mean = np.nanmean(stack, axis=0)
-        # one fold says nothing of how much r varies between sections: unknown, not 0
-        spread = np.nanstd(stack, axis=0) if len(stack) > 1 else np.full(stack.shape[1], np.nan)
+        # one fold says nothing of how much r varies between sections: unknown, not 0 (per gene:
+        # a gene with an r in a single fold only, too)
+        spread = np.where(np.isfinite(stack).sum(axis=0) > 1, np.nanstd(stack, axis=0), np.nan)
     return GeneReliability(list(genes), mean, spread, protocol, list(per_fold),
                            {k: list(np.asarray(v, dtype=np.float64)) for k, v in per_fold.items()})

@@ -260,7 +260,9 @@ def check_cv_folder(cv_dir: str | Path, model: TrainedModel | None = None,
     if "leaky" in protocol:
         raise DataError(f"{cv_dir} is a cross-validation of the leaky protocol ({protocol}): its scores were "
                         "selected on the test folds and cannot stand for a reliability on unseen sections")
-    folds = [d for d in sorted(cv_dir.glob("fold-*")) if (d / CONFIG_FILE).is_file()]
+    folds = [d for d in sorted(cv_dir.glob("fold-*"))
+             if (d / CONFIG_FILE).is_file()
+             and ckpt.read_json(d / CONFIG_FILE).get("status") in ("finished", "early-stopped")]
     if len(folds) < 2:
         raise DataError(f"{cv_dir} holds {len(folds)} finished fold(s): a reliability on unseen sections needs "
                         "at least two (with one, nothing says how much a gene's r varies between sections)")
@@ -269,8 +271,9 @@ def check_cv_folder(cv_dir: str | Path, model: TrainedModel | None = None,
     for fold_dir in folds:
         name = fold_dir.name.removeprefix("fold-")
         config = ckpt.read_json(fold_dir / CONFIG_FILE)
-        tr = config.get("training") or {}
-        seen = set(tr.get("train_sections") or []) | set(tr.get("val_sections") or [])
+        seen: set[str] = set()
+        for entry in [*(config.get("ancestry") or []), config.get("training") or {}]:  # a base model's too
+            seen |= set(entry.get("train_sections") or []) | set(entry.get("val_sections") or [])
         held = {s.name for s in patients[name]} if name in patients else {name}
         leaked = sorted(held & seen)
         if leaked:

@@ -158,7 +158,7 @@ def test_cv_reruns_chosen_folds_identically(her2st, panel_file):
         cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, only_folds=["B9"])
 
 
-def test_cv_folds_run_apart_into_one_folder_keep_one_full_record(her2st, panel_file, tmp_path):
+def test_cv_folds_run_apart_into_one_folder_keep_one_full_record(her2st, panel_file, tmp_path, caplog):
     """Processes sharing a folder with ``only_folds`` each rewrite cv.json: the record must cover
     every finished fold of the run (it once held the last process's folds only, and reliability
     read from it lost the others), and never a fold of another run left in the folder."""
@@ -216,6 +216,17 @@ def test_cv_folds_run_apart_into_one_folder_keep_one_full_record(her2st, panel_f
     alone = cross_validate(ds, spec, "sections", [*sections, "C5"], panel=panel, out_dir=reseeded,
                            only_folds=["C3"], inner_seed=other_seed).to_dict()
     assert [f["fold"] for f in alone["folds"]] == ["C3"]
+    # a finished fold that cannot be scored as asked (an older one without a stain reference) is
+    # left out with a warning, not the end of the run after its own folds trained
+    (pair / "fold-C2" / "stain.json").unlink()
+    (pair / "fold-C3").rename(tmp_path / "pair-c3")
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="napari_dkan.engine.cv"):
+        normalised = cross_validate(ds, spec, "sections", ["C2", "C3"], panel=panel, out_dir=pair,
+                                    only_folds=["C3"], stain_normalise=True).to_dict()
+    assert [f["fold"] for f in normalised["folds"]] == ["C3"]
+    assert "fold C2" in caplog.text and "left out of cv.json" in caplog.text
 
 
 def test_cv_inner_seed_shares_validation_sections_across_seeds(her2st, panel_file, capsys):

@@ -8,6 +8,7 @@ panels: by default the dataset's top-``n`` panel over every count matrix, as the
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from napari_dkan.progress import CancelToken, check_cancel
 
 StatusCallback = Callable[[str, int, int], None]
 CV_FILE = "cv.json"
+_log = logging.getLogger(__name__)
 
 
 def dataset_panel(dataset: Dataset, n: int = 250) -> list[str]:
@@ -183,8 +185,15 @@ def cross_validate(
                     _, fit_names, val_names = split_of(fold)
                     finished = _finished_fold(Path(out_dir) / f"fold-{fold.name}", spec, dataset,
                                               fit_names, val_names, panel)
-                    if finished is not None:
+                    if finished is None:
+                        continue
+                    try:
                         predict_fold(fold, finished)
+                    except DataError as exc:  # e.g. an older fold without a stain reference
+                        _log.warning("fold %s of %s is left out of cv.json: %s", fold.name, out_dir, exc)
+                        for name in fold.test:
+                            predictions.pop(name, None)
+                        fold_info.pop(fold.name, None)
             folds = [f for f in plan if f.name in fold_info]
     finally:
         if tmp is not None:

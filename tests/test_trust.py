@@ -139,26 +139,29 @@ def test_depth_aware_intervals_calibrated_deep_cover_a_shallow_section() -> None
     assert abs(_coverage(aware, p_shallow, shallow, 0.9, depth=float(np.median(counts.sum(axis=1)))) - 0.9) < 0.05
 
 
-def test_depth_aware_bounds_are_never_upside_down_nor_beyond_the_target_range() -> None:
-    """A prediction far below 0 (the networks write some) gives [0, 0], not an upper bound under
-    the lower one (the clip at 0 once applied to the lower bound only); nor is an upper bound
-    ever above the largest target value."""
+def _depth_aware_case(seed: int):  # noqa: ANN202 - (Trust, SectionData, prediction)
+    """A depth-aware calibration on one Poisson section at depth 3,000, and a second section."""
     from napari_dkan.engine.conformal import spot_context
-    from napari_dkan.engine.trust import (
-        Trust,
-        assess,
-        depth_of_calibration,
-        reading_of,
-        section_depth,
-    )
+    from napari_dkan.engine.trust import Trust, depth_of_calibration
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)
     test, p_test = _poisson_section("test", 3000.0, rng)
     measurement, var = depth_of_calibration([cal], [p_cal])
     trust = Trust(calibration=calibrate(p_cal, cal.y, spot_context(p_cal, None, None),
                                         [f"g{i}" for i in range(p_cal.shape[1])],
                                         measurement=measurement, reading_var=var))
+    return trust, test, p_test
+
+
+def test_depth_aware_bounds_are_never_upside_down_nor_beyond_the_target_range() -> None:
+    """A prediction far below 0 (the networks write some) gives [0, 0], not an upper bound under
+    the lower one (the clip at 0 once applied to the lower bound only); nor is an upper bound
+    ever above the largest target value."""
+    from napari_dkan.engine.conformal import spot_context
+    from napari_dkan.engine.trust import assess, reading_of, section_depth
+
+    trust, test, p_test = _depth_aware_case(3)
     p_test = p_test.copy()
     p_test[:5, 0] = -5.0  # far below any interval's half-width
     lower, upper = assess(trust, p_test, test, 0.9).lower_upper()
@@ -176,16 +179,9 @@ def test_depth_aware_bounds_are_never_upside_down_nor_beyond_the_target_range() 
 def test_a_very_deep_section_gets_intervals_around_the_prediction() -> None:
     """Above the Poisson table's top rate the reading is its large-count limit: clipping the
     rate there once moved a 10⁸-deep section's every interval off the prediction."""
-    from napari_dkan.engine.conformal import spot_context
-    from napari_dkan.engine.trust import Trust, assess, depth_of_calibration
+    from napari_dkan.engine.trust import assess
 
-    rng = np.random.default_rng(5)
-    cal, p_cal = _poisson_section("deep-cal", 3000.0, rng)
-    test, p_test = _poisson_section("test", 3000.0, rng)
-    measurement, var = depth_of_calibration([cal], [p_cal])
-    trust = Trust(calibration=calibrate(p_cal, cal.y, spot_context(p_cal, None, None),
-                                        [f"g{i}" for i in range(p_cal.shape[1])],
-                                        measurement=measurement, reading_var=var))
+    trust, test, p_test = _depth_aware_case(5)
     widths, centres = [], []
     for depth in (3e3, 1e5, 1e8):
         spot = assess(trust, p_test, test, 0.9, depth=depth)

@@ -26,6 +26,7 @@ import numpy as np
 from napari.layers import Points
 
 from napari_dkan._widgets.expression import COLOUR_VALUE, SPOT_ID
+from napari_dkan._widgets.hover import interval_text, spot_interval
 from napari_dkan._widgets.sources import META_KEY
 
 
@@ -144,8 +145,6 @@ def hover_lines(features: Any, index: int, meta: dict[str, Any]) -> list[str]:
     if gene and gene in features:
         value = features[gene].iloc[index]
         what = f"{gene} ({meta['role']})" if meta.get("role") else gene
-        from napari_dkan._widgets.hover import interval_text, spot_interval
-
         bounds = spot_interval(meta.get("interval"), index)  # the current gene's interval per spot
         pm = "" if bounds is None else f" ({interval_text(*bounds, meta.get('interval_level'))})"
         lines.append(f"{what}: {value:.3f}{pm}" if np.isfinite(value) else f"{what}: n/a")

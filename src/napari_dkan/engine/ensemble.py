@@ -31,7 +31,14 @@ import numpy as np
 from napari_dkan.engine import checkpoint as ckpt
 from napari_dkan.engine.data import Needs, SectionData
 from napari_dkan.engine.ensemble_folder import KIND, MEMBERS_DIR, check_ensemble_config
-from napari_dkan.engine.runs import CONFIG_FILE, FORMAT, TEXT_FILE, TrainedModel, versions
+from napari_dkan.engine.runs import (
+    CONFIG_FILE,
+    FORMAT,
+    TEXT_FILE,
+    TrainedModel,
+    seen_in_config,
+    versions,
+)
 from napari_dkan.engine.trainer import MODEL_FILE
 from napari_dkan.io.errors import DataError
 from napari_dkan.progress import CancelToken
@@ -244,8 +251,7 @@ def ensemble_cv(cv_dirs: Sequence[str | Path], out: str | Path, weights: Sequenc
     for f in done:  # before anything is written: a fold model that saw its own test section
         held = f.removeprefix("fold-")
         for d in dirs:
-            tr = ckpt.read_json(d / f / CONFIG_FILE).get("training") or {}
-            if held in set(tr.get("train_sections") or []) | set(tr.get("val_sections") or []):
+            if held in seen_in_config(ckpt.read_json(d / f / CONFIG_FILE)):
                 raise DataError(f"{d / f} trained or selected on {held}, the section it should hold out: "
                                 "no ensemble fold is built from it")
     out = Path(out).expanduser()

@@ -61,7 +61,7 @@ def predict_section(
     adata.uns["napari_dkan"]["raised_to_0"] = below
     adata.uns["napari_dkan"]["lowered_to_max"] = above
     cal = model.trust.calibration
-    if cal is not None and len(cal.scores) and level > len(cal.scores) / (len(cal.scores) + 1):
+    if cal is not None and np.isinf(cal.quantile(level)).any():
         # beyond what the calibration spots resolve: the conformal quantile is infinite
         adata.uns["napari_dkan"]["interval_unbounded"] = True
         adata.uns["napari_dkan"]["calibration_spots"] = len(cal.scores)

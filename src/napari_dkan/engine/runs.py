@@ -214,6 +214,18 @@ def train_model(
         return _with_trust(model, train, val) if main else model
 
 
+def seen_in_config(config: dict[str, Any]) -> dict[str, str]:
+    """Sections a run's ``config.json`` says it (or an ancestor) trained or selected on:
+    name → ``training`` / ``validation`` (read without loading the run's weights)."""
+    out: dict[str, str] = {}
+    for entry in [*(config.get("ancestry") or []), config.get("training") or {}]:
+        for n in entry.get("val_sections") or []:
+            out.setdefault(n, "validation")
+        for n in entry.get("train_sections") or []:
+            out[n] = "training"
+    return out
+
+
 LOCK_FILE = "training.lock"
 
 
@@ -575,13 +587,7 @@ class TrainedModel:
     def seen_sections(self) -> dict[str, str]:
         """Sections this model (or an ancestor) trained or selected on: name → ``training`` /
         ``validation``."""
-        out: dict[str, str] = {}
-        for entry in [*self.config.get("ancestry", []), self.config.get("training", {})]:
-            for n in entry.get("val_sections") or []:
-                out.setdefault(n, "validation")
-            for n in entry.get("train_sections") or []:
-                out[n] = "training"
-        return out
+        return seen_in_config(self.config)
 
     def _load_weights(self) -> None:
         tensors = ckpt.load_tensors(self.run_dir / MODEL_FILE, self.config["files"][MODEL_FILE])

@@ -253,6 +253,7 @@ def check_cv_folder(cv_dir: str | Path, model: TrainedModel | None = None,
     another model family, image encoder or gene panel."""
     from napari_dkan.engine import checkpoint as ckpt
     from napari_dkan.engine.checkpoint import CONFIG_FILE
+    from napari_dkan.engine.runs import seen_in_config
 
     cv_dir = Path(cv_dir)
     summary = cv_dir / "cv.json"
@@ -260,20 +261,17 @@ def check_cv_folder(cv_dir: str | Path, model: TrainedModel | None = None,
     if "leaky" in protocol:
         raise DataError(f"{cv_dir} is a cross-validation of the leaky protocol ({protocol}): its scores were "
                         "selected on the test folds and cannot stand for a reliability on unseen sections")
-    folds = [d for d in sorted(cv_dir.glob("fold-*"))
-             if (d / CONFIG_FILE).is_file()
-             and ckpt.read_json(d / CONFIG_FILE).get("status") in ("finished", "early-stopped")]
+    configs = {d: ckpt.read_json(d / CONFIG_FILE) for d in sorted(cv_dir.glob("fold-*"))
+               if (d / CONFIG_FILE).is_file()}
+    folds = {d: c for d, c in configs.items() if c.get("status") in ("finished", "early-stopped")}
     if len(folds) < 2:
         raise DataError(f"{cv_dir} holds {len(folds)} finished fold(s): a reliability on unseen sections needs "
                         "at least two (with one, nothing says how much a gene's r varies between sections)")
     wanted = _recipe(model.config) if model is not None else None
     patients = dataset.patients if dataset is not None else {}
-    for fold_dir in folds:
+    for fold_dir, config in folds.items():
         name = fold_dir.name.removeprefix("fold-")
-        config = ckpt.read_json(fold_dir / CONFIG_FILE)
-        seen: set[str] = set()
-        for entry in [*(config.get("ancestry") or []), config.get("training") or {}]:  # a base model's too
-            seen |= set(entry.get("train_sections") or []) | set(entry.get("val_sections") or [])
+        seen = set(seen_in_config(config))  # a base model's sections too
         held = {s.name for s in patients[name]} if name in patients else {name}
         leaked = sorted(held & seen)
         if leaked:
